@@ -1,0 +1,224 @@
+"""The HTTP client of the Glance Activity Service (JSON convention, one aiohttp session).
+
+This module decides, in one place, what each upstream answer means: data, a transient
+fault worth retrying, a fatal authentication failure, or an unknown web method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
+from poller.glance.dates import to_request
+from poller.glance.paging import Paginator, Window
+from poller.glance.records import SessionPage, parse_session_page
+from poller.retry import retrying
+from poller.settings import GlanceSettings, Partner, RetrySettings
+
+SERVICE_PATH = "/services/activityservice.asmx"
+COMPLETED_SESSIONS = "PartnerCompletedSessions"
+SESSION_COUNTS = "PartnerSessionCounts"
+
+# Observer hooks: (operation, outcome, seconds) per request and (reason) per retry.
+RequestObserver = Callable[[str, str, float], None]
+RetryObserver = Callable[[str, str, float], None]
+
+
+def _noop_request(operation: str, outcome: str, seconds: float) -> None:
+    return None
+
+
+@dataclass
+class ServerClock:
+    """Upstream's notion of now, from the ``Date`` header of its latest answer.
+
+    Windows end at the server's time rather than ours: a skewed host clock can then neither
+    scan the future (and skip what starts there later) nor lag behind.
+    """
+
+    latest: datetime | None = None
+
+    def observe(self, header: str | None) -> None:
+        if not header:
+            return
+        try:
+            moment = parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        self.latest = moment.astimezone(UTC)
+
+
+def _retry_after(header: str | None, server_now: datetime | None) -> float | None:
+    if not header:
+        return None
+    text = header.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    reference = server_now or datetime.now(UTC)
+    return max(0.0, (moment - reference).total_seconds())
+
+
+def _fault_message(body: bytes) -> tuple[str, str]:
+    try:
+        fault = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(fault, dict):
+        return "", ""
+    return str(fault.get("Message") or ""), str(fault.get("ExceptionType") or "")
+
+
+class GlanceClient:
+    """Calls for one partner; the aiohttp session is shared by every partner's client."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        settings: GlanceSettings,
+        partner: Partner,
+        retry: RetrySettings,
+        *,
+        on_request: RequestObserver = _noop_request,
+        on_retry: RetryObserver | None = None,
+    ) -> None:
+        self._http = http
+        self._settings = settings
+        self._partner = partner
+        self._retry = retry
+        self._on_request = on_request
+        self._on_retry = on_retry
+        self.clock = ServerClock()
+
+    @property
+    def partner_id(self) -> int:
+        return self._partner.id
+
+    async def call(self, operation: str, params: dict[str, Any]) -> Any:
+        """One web method, retried per the house policy; returns the unwrapped ``d``."""
+
+        def note_retry(error: BaseException, delay: float, attempt: int) -> None:
+            if self._on_retry is not None:
+                self._on_retry(operation, getattr(error, "reason", "unknown"), delay)
+
+        async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
+            with attempt:
+                return await self._call_once(operation, params)
+        raise AssertionError("unreachable: retrying re-raises the last error")
+
+    async def _call_once(self, operation: str, params: dict[str, Any]) -> Any:
+        url = f"{self._settings.base_url}{SERVICE_PATH}/{operation}"
+        body = orjson.dumps(
+            {"partnerId": self._partner.id, "apiKey": self._partner.api_key.get_secret_value()}
+            | params
+        )
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with self._http.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json; charset=utf-8"},
+                timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout),
+            ) as response:
+                self.clock.observe(response.headers.get("Date"))
+                payload = await response.read()
+                outcome = f"{response.status // 100}xx"
+                return self._interpret(operation, response, payload)
+        except TimeoutError:
+            outcome = "timeout"
+            raise RetriableUpstreamError(
+                "timeout", f"{operation}: no answer within {self._settings.request_timeout:g}s"
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            outcome = "truncated"
+            raise RetriableUpstreamError("truncated", f"{operation}: {exc}") from None
+        except aiohttp.ClientError as exc:
+            outcome = "connection"
+            # The exception text names the host and the URL path, never the request body.
+            raise RetriableUpstreamError(
+                "connection", f"{operation}: {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            self._on_request(operation, outcome, time.perf_counter() - started)
+
+    def _interpret(self, operation: str, response: aiohttp.ClientResponse, payload: bytes) -> Any:
+        status = response.status
+        if status in (429, 503):
+            delay = _retry_after(response.headers.get("Retry-After"), self.clock.latest)
+            raise RetriableUpstreamError(
+                "throttled", f"{operation}: HTTP {status}", retry_after=delay
+            )
+        if status in (401, 403):
+            raise AuthenticationFailed(self._partner.id, f"HTTP {status}")
+        if status >= 400:
+            message, exception_type = _fault_message(payload)
+            if "Authentication" in exception_type or message == "Invalid partnerId or apiKey":
+                raise AuthenticationFailed(self._partner.id, message or exception_type)
+            if message.startswith("Unknown web method"):
+                raise UnknownOperation(operation)
+            detail = f"{operation}: HTTP {status}" + (f" {message[:200]}" if message else "")
+            raise RetriableUpstreamError("fault" if message else f"http_{status}", detail)
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise RetriableUpstreamError("invalid_json", f"{operation}: {exc}") from None
+        if not isinstance(document, dict) or "d" not in document:
+            raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
+        return document["d"]
+
+    async def server_now(self) -> datetime:
+        """Upstream's current time, asking it once (a one-minute counts call) if unknown."""
+        if self.clock.latest is None:
+            local = datetime.now(UTC)
+            await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
+        return self.clock.latest or datetime.now(UTC)
+
+    async def session_counts(self, window: Window, *, status: str, kind: str = "") -> Any:
+        return await self.call(
+            SESSION_COUNTS,
+            {
+                "type": kind,
+                "status": status,
+                "startRange": to_request(window.start),
+                "endRange": to_request(window.end),
+            },
+        )
+
+    async def session_pages(
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        """Pages of one window, following ``nextId`` from ``start_token``.
+
+        Raises RepeatedPageToken after yielding the page that repeated a token.
+        """
+        paginator = Paginator(start_token)
+        while not paginator.finished:
+            d = await self.call(
+                operation,
+                {
+                    "startRange": to_request(window.start),
+                    "endRange": to_request(window.end),
+                    "sessionKey": "",
+                    "nResults": page_size,
+                    "nextId": paginator.token,
+                },
+            )
+            page = parse_session_page(d, paginator.token)
+            yield page
+            paginator.advance(page.next_token)

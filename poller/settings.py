@@ -1,0 +1,303 @@
+"""Typed, validated, frozen configuration: the only reader of config files and environment.
+
+Precedence, highest first: ``POLLER_<SECTION>__<KEY>`` environment variables, the plain
+environment names of design.md §7 (``GLANCE_BASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``...), the
+TOML file, the defaults below. Every problem is reported at once, by key (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from poller.errors import ConfigError, ConfigProblem
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept a number of seconds or a string such as ``"90s"``, ``"5m"``, ``"24h"``, ``"1d"``."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use seconds, or e.g. 30s, 5m, 24h, 1d)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+NonNegativeSeconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GlanceSettings(_Section):
+    base_url: HttpUrl = "https://www.glance.net"
+    request_timeout: Seconds = 30.0
+    verify_tls: bool = True
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    # Upper bound on one request's range; the API refuses more than 31 days.
+    max_window: Seconds = 31 * 86400.0
+
+
+class PartnerSettings(_Section):
+    id: int = Field(gt=0)
+    # The key is never written inline: it comes from an environment variable or a file.
+    api_key_env: str = "GLANCE_API_KEY"
+    api_key_file: Path | None = None
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    client_id: str = "glance-poller"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    linger_ms: int = Field(default=20, ge=0)
+    max_batch_size: int = Field(default=262144, ge=1024)
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    request_timeout_ms: int = Field(default=30000, ge=1000)
+
+
+class TopicSettings(_Section):
+    completed: str = "glance.session.completed"
+    started: str = "glance.session.started"
+    counts: str = "glance.session.counts"
+    dlq: str = "glance.dlq"
+
+
+class CompletedStreamSettings(_Section):
+    interval: Seconds = 30.0
+    # Re-read this much before the cursor on every scan: sessions that end just after a
+    # scan covered their start are picked up by the next one.
+    overlap: NonNegativeSeconds = 300.0
+    # Where the very first scan starts when there is no state yet.
+    start_lookback: NonNegativeSeconds = 3600.0
+
+
+class StateSettings(_Section):
+    path: Path = Path("glance-poller-state.sqlite3")
+
+
+class RetrySettings(_Section):
+    initial_delay: Seconds = 0.5
+    max_delay: Seconds = 30.0
+    # A Retry-After larger than this is shortened to it.
+    max_retry_after: Seconds = 300.0
+    # Attempts of one call within a tick; the tick then fails and the next tick starts over.
+    max_attempts: int = Field(default=6, ge=1)
+
+
+class EventSettings(_Section):
+    pii: Literal["keep", "hash", "drop"] = "keep"
+    pii_salt: SecretStr | None = None
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ServiceSettings(_Section):
+    # SIGTERM: finish the page in flight, flush, write state; give up waiting after this.
+    shutdown_timeout: Seconds = 20.0
+
+
+class _PlainEnvironmentNames(PydanticBaseSettingsSource):
+    """The short environment names of design.md §7, mapped onto their keys."""
+
+    NAMES: Mapping[str, tuple[str, str]] = {
+        "GLANCE_BASE_URL": ("glance", "base_url"),
+        "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+        "KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
+        "KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+        "POLLER_STATE_PATH": ("state", "path"),
+    }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden: values are nested, not per field
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, (section, key) in self.NAMES.items():
+            if os.environ.get(name):
+                values.setdefault(section, {})[key] = os.environ[name]
+        partner_id = os.environ.get("GLANCE_PARTNER_ID")
+        if partner_id:
+            values["partners"] = [{"id": partner_id}]
+        return values
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix="POLLER_", env_nested_delimiter="__"
+    )
+
+    glance: GlanceSettings = GlanceSettings()
+    partners: list[PartnerSettings] = Field(default_factory=list)
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    completed: CompletedStreamSettings = CompletedStreamSettings()
+    state: StateSettings = StateSettings()
+    retry: RetrySettings = RetrySettings()
+    events: EventSettings = EventSettings()
+    log: LogSettings = LogSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init kwargs: it ranks below every environment name.
+        return (env_settings, _PlainEnvironmentNames(settings_cls), init_settings)
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A partner with its API key resolved; the key stays a SecretStr everywhere."""
+
+    id: int
+    api_key: SecretStr
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    partners: tuple[Partner, ...]
+    source: Path | None
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log redactor."""
+        found = [p.api_key.get_secret_value() for p in self.partners]
+        for secret in (self.settings.kafka.sasl_password, self.settings.events.pii_salt):
+            if secret is not None:
+                found.append(secret.get_secret_value())
+        return [s for s in found if s]
+
+
+def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        problems.append(ConfigProblem("--config", f"no such file: {path}"))
+    except PermissionError:
+        problems.append(ConfigProblem("--config", f"cannot read {path}: permission denied"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(ConfigProblem("--config", f"{path} is not valid TOML: {exc}"))
+    return {}
+
+
+def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProblem]) -> str:
+    key_path = f"partners[{index}]"
+    key_file = partner.api_key_file
+    if key_file is None and os.environ.get("GLANCE_API_KEY_FILE"):
+        key_file = Path(os.environ["GLANCE_API_KEY_FILE"])
+    if key_file is not None:
+        try:
+            value = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(
+                ConfigProblem(f"{key_path}.api_key_file", f"cannot read {key_file}: {exc.strerror}")
+            )
+            return ""
+        if not value:
+            problems.append(ConfigProblem(f"{key_path}.api_key_file", f"{key_file} is empty"))
+        return value
+    value = os.environ.get(partner.api_key_env, "").strip()
+    if not value:
+        problems.append(
+            ConfigProblem(
+                f"{key_path}.api_key_env",
+                f"partner {partner.id}: set the API key in ${partner.api_key_env} "
+                "(or point api_key_file / GLANCE_API_KEY_FILE at a file holding it)",
+            )
+        )
+    return value
+
+
+def _check_kafka_security(kafka: KafkaSettings, problems: list[ConfigProblem]) -> None:
+    if kafka.security_protocol.startswith("SASL"):
+        for key in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            if getattr(kafka, key) is None:
+                problems.append(
+                    ConfigProblem(f"kafka.{key}", f"required with {kafka.security_protocol}")
+                )
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(kafka, key)
+        if path is not None and not Path(path).is_file():
+            problems.append(ConfigProblem(f"kafka.{key}", f"no such file: {path}"))
+
+
+def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
+    """Read, validate and resolve everything, or raise one ConfigError listing every problem.
+
+    ``need_credentials=False`` is for commands that never call upstream (``state``, ``tail``).
+    """
+    problems: list[ConfigProblem] = []
+    file_values = _read_toml(path, problems) if path is not None else {}
+    try:
+        settings = Settings(**file_values)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            problems.append(ConfigProblem(key, error["msg"]))
+        raise ConfigError(problems) from None
+    if need_credentials and not settings.partners:
+        problems.append(
+            ConfigProblem(
+                "partners", "no partner configured: set GLANCE_PARTNER_ID or [[partners]]"
+            )
+        )
+    seen: set[int] = set()
+    partners: list[Partner] = []
+    for index, partner in enumerate(settings.partners):
+        if partner.id in seen:
+            problems.append(ConfigProblem(f"partners[{index}].id", f"duplicate id {partner.id}"))
+        seen.add(partner.id)
+        key = _resolve_key(partner, index, problems) if need_credentials else ""
+        partners.append(Partner(partner.id, SecretStr(key)))
+    _check_kafka_security(settings.kafka, problems)
+    if settings.events.pii == "hash" and settings.events.pii_salt is None:
+        problems.append(ConfigProblem("events.pii_salt", "required when events.pii = 'hash'"))
+    if problems:
+        raise ConfigError(problems)
+    return Config(settings=settings, partners=tuple(partners), source=path)

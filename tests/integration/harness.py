@@ -1,0 +1,246 @@
+"""What integration tests drive: the emulator and the daemon as real processes, and a
+consumer that reads back what reached the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+PYTHON = sys.executable
+PARTNER_ID = 12345
+API_KEY = "it-api-key-5f2b9c"
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Emulator:
+    """A `glance-poller emulator` process and its admin API."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        port_file = workdir / f"emulator-{uuid.uuid4().hex[:6]}.port"
+        self.log_path = workdir / "emulator.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "poller",
+                "emulator",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(
+            lambda: port_file.exists() and port_file.read_text().strip() != "",
+            20,
+            "the emulator to listen",
+        )
+        self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return orjson.loads(response.read())
+
+    def sessions(self, state: str = "ended", partner_id: int = PARTNER_ID) -> list[dict[str, Any]]:
+        return list(
+            self.admin("GET", f"/admin/sessions?partnerId={partner_id}&state={state}")["sessions"]
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.admin("GET", "/admin/stats")["calls"])
+
+    def advance(self, seconds: float) -> None:
+        self.admin("POST", "/admin/clock", {"advance": seconds})
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+
+@dataclass
+class Topics:
+    completed: str
+    started: str
+    counts: str
+    dlq: str
+
+    @classmethod
+    def unique(cls) -> Topics:
+        tag = uuid.uuid4().hex[:10]
+        return cls(*(f"it.{tag}.{name}" for name in ("completed", "started", "counts", "dlq")))
+
+
+@dataclass
+class PollerRun:
+    """Runs `glance-poller run` against one emulator, one broker, one state file."""
+
+    workdir: Path
+    emulator_url: str
+    bootstrap: str
+    topics: Topics
+    api_key: str = API_KEY
+    partner_id: int = PARTNER_ID
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return self.workdir / "state.sqlite3"
+
+    def config_file(self) -> Path:
+        sections: dict[str, dict[str, Any]] = {
+            "glance": {"base_url": self.emulator_url, "page_size": 100, "request_timeout": "10s"},
+            "kafka": {"bootstrap_servers": self.bootstrap, "linger_ms": 5},
+            "topics": vars(self.topics),
+            "completed": {"interval": "1s", "overlap": "5m", "start_lookback": "2h"},
+            "state": {"path": str(self.state_path)},
+            "retry": {"initial_delay": "50ms", "max_delay": "1s"},
+            "log": {"level": "info", "format": "json"},
+        }
+        for section, values in self.settings.items():
+            sections.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        lines += ["[[partners]]", f"id = {self.partner_id}", 'api_key_env = "IT_GLANCE_API_KEY"']
+        path = self.workdir / "poller.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
+        }
+        env["IT_GLANCE_API_KEY"] = self.api_key
+        return env
+
+    def once(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "poller", "run", "--once", "--config", str(self.config_file())],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, log_name: str = "poller.log") -> subprocess.Popen[bytes]:
+        log = (self.workdir / log_name).open("ab")
+        process = subprocess.Popen(
+            [PYTHON, "-m", "poller", "run", "--config", str(self.config_file())],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+        )
+        log.close()
+        return process
+
+    def log_text(self, log_name: str = "poller.log") -> str:
+        path = self.workdir / log_name
+        return path.read_text() if path.exists() else ""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class Consumed:
+    topic: str
+    key: str | None
+    headers: dict[str, str]
+    value: Any
+    offset: int
+
+
+def consume(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    idle: float = 2.0,
+    timeout: float = 90.0,
+) -> list[Consumed]:
+    """Everything on ``topic`` from the beginning: until ``expect`` records have arrived
+    (then ``idle`` more seconds, to catch extras), or until nothing new comes for ``idle``."""
+    return asyncio.run(_consume(bootstrap, topic, expect, idle, timeout))
+
+
+async def _consume(
+    bootstrap: str, topic: str, expect: int | None, idle: float, limit: float
+) -> list[Consumed]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[Consumed] = []
+    try:
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                for m in messages:
+                    records.append(
+                        Consumed(
+                            m.topic,
+                            m.key.decode() if m.key is not None else None,
+                            {k: v.decode() for k, v in m.headers},
+                            orjson.loads(m.value),
+                            m.offset,
+                        )
+                    )
+                    quiet_since = time.monotonic()
+            enough = expect is not None and len(records) >= expect
+            if (expect is None or enough) and time.monotonic() - quiet_since >= idle:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> int:
+    process.send_signal(sig)
+    return process.wait(60)

@@ -1,0 +1,254 @@
+"""The completed feed end to end: emulator over HTTP -> daemon -> real Kafka -> consumer."""
+
+from __future__ import annotations
+
+import copy
+import signal
+from collections import Counter
+from typing import Any
+
+from tests.integration.harness import PARTNER_ID, Emulator, PollerRun, consume, kill, wait_until
+
+CE_HEADERS = {
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_subject",
+    "content-type",
+}
+
+
+def expected_value(listing: dict[str, Any]) -> dict[str, Any]:
+    """What the contract says the event value is, derived from the emulator's own listing."""
+    session = {k: v for k, v in copy.deepcopy(listing["record"]).items() if k != "__type"}
+    session["endTime"] = listing["endTime"]
+    return {
+        "partnerId": listing["partnerId"],
+        "userName": listing["userName"],
+        "partnerUserId": listing["partnerUserId"],
+        "session": session,
+    }
+
+
+def test_a_session_the_emulator_ends_arrives_once(
+    emulator: Emulator, poller: PollerRun, completed_schema: Any
+) -> None:
+    emulator.advance(60)  # 12:01:00
+    created = emulator.admin(
+        "POST",
+        "/admin/sessions",
+        {
+            "partnerId": PARTNER_ID,
+            "sessions": [
+                {
+                    "startTime": "2026-03-10T12:00:40Z",
+                    "endTime": None,
+                    "status": "X",
+                    "userName": "agent.one.glance.net",
+                    "partnerUserId": "puid-1",
+                }
+            ],
+        },
+    )
+    (session_id,) = created["ids"]
+    first = poller.once()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert consume(poller.bootstrap, poller.topics.completed, idle=1.0) == [], (
+        "an open session was published"
+    )
+
+    emulator.admin("POST", f"/admin/sessions/{session_id}/end", {"status": "X"})
+    emulator.advance(30)
+    for _ in range(2):  # the second run re-reads the overlap and must not re-emit
+        result = poller.once()
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    records = consume(poller.bootstrap, poller.topics.completed, expect=1)
+    assert len(records) == 1
+    (record,) = records
+    (listing,) = [s for s in emulator.sessions() if s["id"] == session_id]
+    assert listing["record"]["status"] == "X" and listing["record"]["duration"] == 20
+    assert record.key == str(session_id)
+    assert set(record.headers) == CE_HEADERS
+    assert record.headers["ce_specversion"] == "1.0"
+    assert record.headers["ce_type"] == "net.glance.session.completed"
+    assert record.headers["ce_source"] == f"/glance/partners/{PARTNER_ID}"
+    assert record.headers["ce_subject"] == str(session_id)
+    assert record.headers["ce_time"] == "2026-03-10T12:01:00Z"
+    assert record.headers["content-type"] == "application/json"
+    completed_schema.validate(record.value)
+    assert record.value == expected_value(listing)
+    assert record.value["session"]["endTime"] == "2026-03-10T12:01:00Z"
+
+
+def test_the_seed_sample_comes_out_field_for_field(
+    emulator: Emulator, poller: PollerRun, seed_sample: dict[str, Any], completed_schema: Any
+) -> None:
+    emulator.admin("POST", "/admin/clock", {"set": "2020-02-14T00:00:00Z"})
+    assert (
+        emulator.admin("POST", f"/admin/dataset?partnerId={PARTNER_ID}", seed_sample)["loaded"] == 2
+    )
+    poller.settings["completed"] = {"start_lookback": "3d"}
+    result = poller.once()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    records = consume(poller.bootstrap, poller.topics.completed, expect=2)
+    by_key = {r.key: r for r in records}
+    assert len(records) == 2 and set(by_key) == {"56960588", "57125147"}
+    # Built from the vendor document alone: drop __type, add endTime (start + duration).
+    users = seed_sample["d"]["users"]
+    end_times = {56960588: "2020-02-12T11:41:25Z", 57125147: "2020-02-13T18:34:27Z"}
+    for user in users:
+        for session in user["sessions"]:
+            expected_session = {k: v for k, v in session.items() if k != "__type"}
+            expected_session["endTime"] = end_times[session["id"]]
+            record = by_key[str(session["id"])]
+            completed_schema.validate(record.value)
+            assert record.value == {
+                "partnerId": PARTNER_ID,
+                "userName": user["userName"],
+                "partnerUserId": user["partnerUserId"],
+                "session": expected_session,
+            }
+            assert record.headers["ce_time"] == end_times[session["id"]]
+
+
+def test_five_thousand_sessions_over_many_pages_and_users(
+    emulator: Emulator, poller: PollerRun, completed_schema: Any
+) -> None:
+    created = emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 5000,
+            "from": "2026-03-10T06:00:00Z",
+            "until": "2026-03-10T11:00:00Z",
+            "maxDuration": 3000,
+            "users": 7,
+            "seed": 11,
+        },
+    )
+    assert created["created"] == 5000
+    upstream = {s["id"]: s for s in emulator.sessions("ended")}
+    assert len(upstream) == 5000
+    poller.settings["glance"] = {"page_size": 250}
+    poller.settings["completed"] = {"start_lookback": "7h"}
+    result = poller.once(timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    records = consume(poller.bootstrap, poller.topics.completed, expect=5000)
+    ids = Counter(int(r.key) for r in records if r.key is not None)
+    assert len(records) == 5000
+    assert set(ids) == set(upstream)
+    assert max(ids.values()) == 1
+    assert len({r.value["userName"] for r in records}) == 7
+    for record in records:
+        assert record.value == expected_value(upstream[int(record.key)])
+        completed_schema.validate(record.value)
+    summary = [line for line in result.stdout.splitlines() if '"event":"tick"' in line]
+    assert len(summary) == 1 and '"pages":20' in summary[0] and '"emitted":5000' in summary[0]
+
+
+def test_sigkill_mid_scan_loses_nothing(emulator: Emulator, poller: PollerRun) -> None:
+    page_size = 100
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 3000,
+            "from": "2026-03-10T08:00:00Z",
+            "until": "2026-03-10T11:00:00Z",
+            "maxDuration": 1800,
+            "seed": 5,
+        },
+    )
+    upstream = sorted(s["id"] for s in emulator.sessions("ended"))
+    emulator.admin(
+        "POST",
+        "/admin/faults",
+        {
+            "calls": [
+                {
+                    "kind": "slow",
+                    "operation": "PartnerCompletedSessions",
+                    "count": 1000,
+                    "delay": 0.6,
+                }
+            ]
+        },
+    )
+    poller.settings["glance"] = {"page_size": page_size}
+    poller.settings["completed"] = {"start_lookback": "5h", "interval": "1h"}
+    daemon = poller.start()
+    wait_until(
+        lambda: (
+            len(consume(poller.bootstrap, poller.topics.completed, idle=0.3, timeout=10)) >= 1000
+        ),
+        timeout=120,
+        what="a third of the sessions to arrive",
+        interval=0.2,
+    )
+    assert kill(daemon, signal.SIGKILL) == -signal.SIGKILL
+    before = len(consume(poller.bootstrap, poller.topics.completed, idle=0.5))
+    assert before < len(upstream), "the scan finished before the kill; the test proves nothing"
+
+    emulator.admin("DELETE", "/admin/faults")
+    result = poller.once()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    records = consume(poller.bootstrap, poller.topics.completed, expect=len(upstream))
+    counts = Counter(int(r.key) for r in records if r.key is not None)
+    assert sorted(counts) == upstream, "a session was lost"
+    duplicated = {i for i, n in counts.items() if n > 1}
+    # Duplicates come only from the one page that was sent but not yet committed...
+    pages = [set(upstream[i : i + page_size]) for i in range(0, len(upstream), page_size)]
+    assert any(duplicated <= page for page in pages), (
+        f"duplicates span pages: {sorted(duplicated)[:10]}"
+    )
+    assert all(n <= 2 for n in counts.values())
+    # ...and carry the same event id.
+    ce_ids: dict[int, set[str]] = {}
+    for r in records:
+        ce_ids.setdefault(int(r.key), set()).add(r.headers["ce_id"])
+    assert all(len(v) == 1 for v in ce_ids.values())
+
+
+def test_wrong_api_key_exits_3_with_one_line_and_no_retries(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    poller.api_key = "WRONG-key-7d1e0a"
+    emulator.admin("POST", "/admin/stats/reset")
+    result = poller.once()
+    assert result.returncode == 3
+    output = result.stdout + result.stderr
+    assert "WRONG-key-7d1e0a" not in output
+    errors = [line for line in output.splitlines() if '"level":"error"' in line]
+    assert len(errors) == 1, output
+    assert f"partner {PARTNER_ID}" in errors[0] and "rejected the credentials" in errors[0]
+    assert "Traceback" not in output
+    calls = emulator.stats()
+    assert sum(op["total"] for op in calls.values()) == 1, calls
+
+
+def test_a_second_daemon_on_the_same_state_exits_4(emulator: Emulator, poller: PollerRun) -> None:
+    poller.settings["completed"] = {"interval": "1h"}
+    first = poller.start()
+    try:
+        wait_until(
+            lambda: '"event":"tick"' in poller.log_text(), 60, "the first daemon's first tick"
+        )
+        second = poller.once()
+        assert second.returncode == 4
+        output = second.stdout + second.stderr
+        assert (
+            str(poller.state_path) in output and "locked by another glance-poller process" in output
+        )
+        assert first.poll() is None, "the first daemon must keep running"
+    finally:
+        code = kill(first, signal.SIGTERM)
+    assert code == 0
+    assert '"event":"glance-poller stopped"' in poller.log_text()

@@ -1,0 +1,166 @@
+"""The client against the emulator over real HTTP: paging, windows, server time, and how
+every kind of answer maps onto the error taxonomy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
+from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
+from poller.glance.paging import Window
+from poller.settings import GlanceSettings, Partner, RetrySettings
+from tests.integration.harness import API_KEY, PARTNER_ID, Emulator
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+ONE_ATTEMPT = RetrySettings(max_attempts=1)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def client(
+    http: aiohttp.ClientSession,
+    emulator: Emulator,
+    *,
+    key: str = API_KEY,
+    retry: RetrySettings = ONE_ATTEMPT,
+    timeout: float = 5.0,
+) -> GlanceClient:
+    settings = GlanceSettings(base_url=emulator.url, request_timeout=timeout)
+    return GlanceClient(http, settings, Partner(PARTNER_ID, SecretStr(key)), retry)
+
+
+async def all_ids(glance: GlanceClient, window: Window, page_size: int) -> tuple[list[int], int]:
+    ids: list[int] = []
+    pages = 0
+    async for page in glance.session_pages(COMPLETED_SESSIONS, window, page_size):
+        pages += 1
+        ids.extend(r.raw["id"] for r in page.records)
+    return ids, pages
+
+
+async def test_paging_covers_every_session_once(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 1234,
+            "from": "2026-03-10T09:00:00Z",
+            "until": "2026-03-10T11:00:00Z",
+            "maxDuration": 600,
+        },
+    )
+    expected = sorted(s["id"] for s in emulator.sessions("ended"))
+    ids, pages = await all_ids(client(http, emulator), Window(NOW - timedelta(hours=3), NOW), 100)
+    # Within a page records are grouped by user, so compare as sorted lists (catches repeats).
+    assert sorted(ids) == expected
+    assert pages == 13
+
+
+async def test_server_time_comes_from_upstream(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    glance = client(http, emulator)
+    assert await glance.server_now() == NOW
+    emulator.advance(6 * 3600)
+    await glance.session_counts(Window(NOW, NOW + timedelta(hours=1)), status="A")
+    assert glance.clock.latest == NOW + timedelta(hours=6)
+
+
+async def test_wrong_key_is_fatal(http: aiohttp.ClientSession, emulator: Emulator) -> None:
+    with pytest.raises(AuthenticationFailed) as caught:
+        await client(http, emulator, key="nope", retry=RetrySettings(max_attempts=5)).server_now()
+    assert caught.value.exit_code == 3
+    assert "nope" not in str(caught.value)
+    assert emulator.stats()["PartnerSessionCounts"]["total"] == 1
+
+
+async def test_unknown_operation(http: aiohttp.ClientSession, emulator: Emulator) -> None:
+    with pytest.raises(UnknownOperation):
+        await client(http, emulator).call("PartnerNoSuchThing", {})
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"kind": "error500"}, "fault"),
+        ({"kind": "throttle429", "retryAfter": 7}, "throttled"),
+        ({"kind": "throttle503", "retryAfter": 3}, "throttled"),
+        ({"kind": "invalid_json"}, "invalid_json"),
+        ({"kind": "bad_shape"}, "bad_shape"),
+        ({"kind": "truncate"}, "truncated"),
+        ({"kind": "reset"}, "connection"),
+        ({"kind": "timeout"}, "timeout"),
+    ],
+)
+async def test_faults_are_retriable_with_a_reason(
+    http: aiohttp.ClientSession, emulator: Emulator, fault: dict, reason: str
+) -> None:
+    emulator.admin(
+        "POST", "/admin/faults", {"calls": [fault | {"operation": COMPLETED_SESSIONS, "count": 1}]}
+    )
+    glance = client(http, emulator, timeout=1.0)
+    with pytest.raises(RetriableUpstreamError) as caught:
+        await all_ids(glance, Window(NOW - timedelta(hours=1), NOW), 10)
+    assert caught.value.reason == reason
+    if "retryAfter" in fault:
+        assert caught.value.retry_after == fault["retryAfter"]
+
+
+async def test_retry_after_in_http_date_form(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin(
+        "POST",
+        "/admin/faults",
+        {
+            "calls": [
+                {
+                    "kind": "throttle503",
+                    "retryAfter": 9,
+                    "retryAfterForm": "date",
+                    "operation": COMPLETED_SESSIONS,
+                }
+            ]
+        },
+    )
+    with pytest.raises(RetriableUpstreamError) as caught:
+        await all_ids(client(http, emulator), Window(NOW - timedelta(hours=1), NOW), 10)
+    assert caught.value.retry_after == pytest.approx(9, abs=1)
+
+
+async def test_a_fault_is_retried_and_the_scan_completes(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 50,
+            "from": "2026-03-10T10:00:00Z",
+            "until": "2026-03-10T11:00:00Z",
+            "maxDuration": 600,
+        },
+    )
+    emulator.admin(
+        "POST",
+        "/admin/faults",
+        {"calls": [{"kind": "error500", "operation": COMPLETED_SESSIONS, "count": 2}]},
+    )
+    retry = RetrySettings(initial_delay=0.01, max_delay=0.05, max_attempts=3)
+    ids, _ = await all_ids(
+        client(http, emulator, retry=retry), Window(NOW - timedelta(hours=3), NOW), 20
+    )
+    assert sorted(ids) == sorted(s["id"] for s in emulator.sessions("ended"))

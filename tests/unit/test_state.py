@@ -1,0 +1,144 @@
+"""The state file: commits, resumption, the lock, and refusing what it cannot trust."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from poller.errors import StateError
+from poller.glance.paging import Window
+from poller.state import Cursor, Scan, StateStore
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_new_file_is_private_and_empty(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state.sqlite3"
+    store = StateStore.open(path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert store.cursor(1, "completed") is None
+        assert store.snapshot()["streams"] == []
+    finally:
+        store.close()
+
+
+def test_commit_and_resume_after_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = StateStore.open(path)
+    window = Window(NOW - timedelta(hours=1), NOW)
+    store.commit(
+        7, "completed", Cursor(NOW - timedelta(hours=2), Scan(window, 4242)), [(1, NOW), (2, NOW)]
+    )
+    store.commit(7, "completed", Cursor(NOW), [(3, NOW)])
+    store.commit(8, "completed", Cursor(NOW - timedelta(days=1), Scan(window, 17)))
+    store.close()
+
+    reopened = StateStore.open(path)
+    try:
+        assert reopened.cursor(7, "completed") == Cursor(NOW)
+        assert reopened.cursor(8, "completed") == Cursor(NOW - timedelta(days=1), Scan(window, 17))
+        assert reopened.already_emitted(7, "completed", [1, 2, 3, 4]) == {1, 2, 3}
+        assert reopened.already_emitted(8, "completed", [1, 2, 3]) == set()
+        shown = reopened.snapshot()["streams"]
+        assert [(s["partnerId"], s["emittedIds"]) for s in shown] == [(7, 3), (8, 0)]
+        assert shown[1]["scanInProgress"]["nextId"] == 17
+    finally:
+        reopened.close()
+
+
+def test_already_emitted_handles_more_ids_than_sqlite_parameters(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    try:
+        store.commit(1, "completed", Cursor(NOW), [(i, NOW) for i in range(0, 5000, 2)])
+        assert len(store.already_emitted(1, "completed", range(5000))) == 2500
+    finally:
+        store.close()
+
+
+def test_reset_scopes(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    try:
+        for partner in (1, 2):
+            store.commit(partner, "completed", Cursor(NOW), [(partner * 10, NOW)])
+        assert store.reset(partner_id=1) == 1
+        assert store.cursor(1, "completed") is None
+        assert store.cursor(2, "completed") == Cursor(NOW)
+        assert store.already_emitted(2, "completed", [20]) == {20}
+        assert store.reset() == 1
+        assert store.snapshot()["streams"] == []
+    finally:
+        store.close()
+
+
+def test_second_process_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = StateStore.open(path)
+    try:
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import pathlib, sys; from poller.state import StateStore; "
+                "StateStore.open(pathlib.Path(sys.argv[1]))",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert probe.returncode != 0
+        assert "is locked by another glance-poller process" in probe.stderr
+        assert str(path) in probe.stderr
+    finally:
+        store.close()
+    StateStore.open(path).close()
+
+
+def test_garbage_file_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    path.write_bytes(b"this is not a database at all" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="damaged or not a state file") as caught:
+        StateStore.open(path)
+    assert caught.value.exit_code == 4
+    assert "glance-poller state" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = StateStore.open(path)
+    store.commit(1, "completed", Cursor(NOW), [(i, NOW) for i in range(20000)])
+    store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StateError):
+        StateStore.open(path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer glance-poller"):
+        StateStore.open(path)
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="did not write"):
+        StateStore.open(path)
