@@ -278,7 +278,9 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
         settings = Settings(**file_values)
     except ValidationError as exc:
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            key = "".join(
+                f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+            ).lstrip(".")
             problems.append(ConfigProblem(key, error["msg"]))
         raise ConfigError(problems) from None
     if need_credentials and not settings.partners:

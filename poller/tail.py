@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, TextIO
 
@@ -49,6 +50,9 @@ async def tail(
     max_events: int | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    # Until the daemon's first event the topic may not exist yet: that is expected here,
+    # not an error worth a log line every few hundred milliseconds.
+    logging.getLogger("aiokafka.cluster").setLevel(logging.CRITICAL)
     consumer = AIOKafkaConsumer(
         *topics,
         auto_offset_reset="earliest" if from_beginning else "latest",
