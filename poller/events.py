@@ -19,6 +19,7 @@ import orjson
 
 from poller.errors import BadRecord
 from poller.glance.dates import parse_returned, to_event
+from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
 from poller.settings import TopicSettings
 
@@ -28,6 +29,7 @@ CE_TYPE_PREFIX = "net.glance.session."
 PII_FIELDS = ("name", "email", "phone", "ip")
 PiiMode = Literal["keep", "hash", "drop"]
 EventType = Literal["started", "completed"]
+
 
 Headers = list[tuple[str, bytes]]
 
@@ -41,6 +43,16 @@ class Event:
     # What the state needs to remember of it; None for dead letters.
     session_id: int | None = None
     start_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CountsSnapshot:
+    """PartnerSessionCounts rows (type, status, count, averageDuration) for one day."""
+
+    as_of: datetime
+    day: Window
+    active: list[dict[str, Any]]
+    completed: list[dict[str, Any]]
 
 
 def event_id(partner_id: int, session_id: int, event_type: str) -> str:
@@ -168,7 +180,16 @@ class EventBuilder:
         self._pii = pii
         self._source = f"/glance/partners/{partner_id}".encode()
 
-    def session_event(self, record: SourceRecord, event_type: EventType) -> Event:
+    def completed(self, record: SourceRecord) -> Event:
+        return self._session_event(record, "completed", None)
+
+    def started(self, record: SourceRecord, *, observed_active: bool) -> Event:
+        """``observed_active`` is false when the session was first seen already ended."""
+        return self._session_event(record, "started", observed_active)
+
+    def _session_event(
+        self, record: SourceRecord, event_type: EventType, observed_active: bool | None
+    ) -> Event:
         ended = event_type == "completed"
         raw = record.raw
         for field, value in (
@@ -177,27 +198,56 @@ class EventBuilder:
         ):
             _check(value is None or isinstance(value, str), f"{field} is not a string", raw)
         session, session_id, start, end = normalise_session(raw, self._pii, ended=ended)
-        value = orjson.dumps(
-            {
-                "partnerId": self.partner_id,
-                "userName": record.user_name,
-                "partnerUserId": record.partner_user_id,
-                "session": session,
-            }
-        )
+        body: dict[str, Any] = {
+            "partnerId": self.partner_id,
+            "userName": record.user_name,
+            "partnerUserId": record.partner_user_id,
+        }
+        if observed_active is not None:
+            body["observedActive"] = observed_active
+        body["session"] = session
+        value = orjson.dumps(body)
         subject = str(session_id).encode()
         occurred = end if end is not None else start
-        headers: Headers = [
+        headers = self._headers(
+            event_id(self.partner_id, session_id, event_type), event_type, occurred, subject
+        )
+        topic = self._topics.completed if ended else self._topics.started
+        return Event(topic, subject, value, headers, session_id, start)
+
+    def _headers(self, ce_id: str, event_type: str, occurred: datetime, subject: bytes) -> Headers:
+        return [
             ("ce_specversion", b"1.0"),
-            ("ce_id", event_id(self.partner_id, session_id, event_type).encode()),
+            ("ce_id", ce_id.encode()),
             ("ce_source", self._source),
             ("ce_type", (CE_TYPE_PREFIX + event_type).encode()),
             ("ce_time", to_event(occurred).encode()),
             ("ce_subject", subject),
             ("content-type", b"application/json"),
         ]
-        topic = self._topics.completed if ended else self._topics.started
-        return Event(topic, subject, value, headers, session_id, start)
+
+    def counts(self, snapshot: CountsSnapshot) -> Event:
+        """One snapshot of the day's session counts; keyed by partner, one id per instant."""
+        as_of = to_event(snapshot.as_of)
+        value = orjson.dumps(
+            {
+                "partnerId": self.partner_id,
+                "asOf": as_of,
+                "day": snapshot.day.start.date().isoformat(),
+                "rangeStart": to_event(snapshot.day.start),
+                "rangeEnd": to_event(snapshot.day.end),
+                "active": snapshot.active,
+                "completed": snapshot.completed,
+                "totals": {
+                    "active": sum(row["count"] for row in snapshot.active),
+                    "completed": sum(row["count"] for row in snapshot.completed),
+                },
+            }
+        )
+        key = str(self.partner_id).encode()
+        ce_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{self.partner_id}/counts/{as_of}"))
+        headers = self._headers(ce_id, "counts", snapshot.as_of, key)
+        return Event(self._topics.counts, key, value, headers)
 
     def dead_letter(self, record: SourceRecord, reason: str, operation: str) -> Event:
         """The raw record as value; why, whose and from where in the headers."""

@@ -106,6 +106,31 @@ class CompletedStreamSettings(_Section):
     overlap: NonNegativeSeconds = 300.0
     # Where the very first scan starts when there is no state yet.
     start_lookback: NonNegativeSeconds = 3600.0
+    # A tick ends after this many pages (the scan resumes at once in the next tick), so a
+    # large backlog still logs progress and yields to the other streams.
+    max_pages_per_tick: int = Field(default=100, ge=1)
+
+
+class ReconcileSettings(_Section):
+    enabled: bool = True
+    interval: Seconds = 300.0
+    bucket: Seconds = 3600.0
+    # Sessions are reconciled (and their ids kept) this long after they start; a session
+    # still open when its start leaves the horizon is reported, not delivered.
+    horizon: Seconds = 86400.0
+
+
+class StartedStreamSettings(_Section):
+    enabled: bool = True
+    interval: Seconds = 30.0
+    # Unconfirmed upstream name: if the service does not know it, the stream turns itself
+    # off with one warning and the others keep running.
+    operation: str = "PartnerActiveSessions"
+
+
+class CountsStreamSettings(_Section):
+    enabled: bool = True
+    interval: Seconds = 300.0
 
 
 class StateSettings(_Section):
@@ -134,6 +159,9 @@ class LogSettings(_Section):
 class ServiceSettings(_Section):
     # SIGTERM: finish the page in flight, flush, write state; give up waiting after this.
     shutdown_timeout: Seconds = 20.0
+    # Each partner's first ticks start after a random delay up to this, so that several
+    # partners do not call upstream in lockstep.
+    start_jitter: NonNegativeSeconds = 5.0
 
 
 class _PlainEnvironmentNames(PydanticBaseSettingsSource):
@@ -171,6 +199,9 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     completed: CompletedStreamSettings = CompletedStreamSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    started: StartedStreamSettings = StartedStreamSettings()
+    counts: CountsStreamSettings = CountsStreamSettings()
     state: StateSettings = StateSettings()
     retry: RetrySettings = RetrySettings()
     events: EventSettings = EventSettings()
@@ -298,6 +329,11 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
         key = _resolve_key(partner, index, problems) if need_credentials else ""
         partners.append(Partner(partner.id, SecretStr(key)))
     _check_kafka_security(settings.kafka, problems)
+    reconcile = settings.reconcile
+    if reconcile.bucket > reconcile.horizon:
+        problems.append(ConfigProblem("reconcile.bucket", "must not be longer than the horizon"))
+    if reconcile.horizon <= settings.completed.overlap:
+        problems.append(ConfigProblem("reconcile.horizon", "must be longer than completed.overlap"))
     if settings.events.pii == "hash" and settings.events.pii_salt is None:
         problems.append(ConfigProblem("events.pii_salt", "required when events.pii = 'hash'"))
     if problems:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,29 +192,50 @@ class StateStore:
     def commit(
         self,
         partner_id: int,
-        stream: str,
-        cursor: Cursor,
-        emitted: Sequence[tuple[int, datetime]] = (),
+        *,
+        cursors: Mapping[str, Cursor] | None = None,
+        emitted: Mapping[str, Sequence[tuple[int, datetime]]] | None = None,
     ) -> None:
-        """Record acknowledged events and the new cursor in one durable transaction."""
-        scan = cursor.scan
+        """Record acknowledged events and cursors, of any streams, in one durable transaction."""
+        now = _iso(datetime.now(UTC))
         with self._transaction():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO emitted VALUES (?, ?, ?, ?)",
-                [(partner_id, stream, sid, int(start.timestamp())) for sid, start in emitted],
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    partner_id,
-                    stream,
-                    _iso(cursor.scanned_until),
-                    _iso(scan.window.start) if scan else None,
-                    _iso(scan.window.end) if scan else None,
-                    scan.token if scan else None,
-                    _iso(datetime.now(UTC)),
-                ),
-            )
+            for stream, ids in (emitted or {}).items():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO emitted VALUES (?, ?, ?, ?)",
+                    [(partner_id, stream, sid, int(start.timestamp())) for sid, start in ids],
+                )
+            for stream, cursor in (cursors or {}).items():
+                scan = cursor.scan
+                self._db.execute(
+                    "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        partner_id,
+                        stream,
+                        _iso(cursor.scanned_until),
+                        _iso(scan.window.start) if scan else None,
+                        _iso(scan.window.end) if scan else None,
+                        scan.token if scan else None,
+                        now,
+                    ),
+                )
+
+    def count_emitted(self, partner_id: int, stream: str, window: Window) -> int:
+        """How many ids this stream emitted for sessions starting inside ``window``."""
+        row = self._db.execute(
+            "SELECT count(*) FROM emitted WHERE partner_id = ? AND stream = ? "
+            "AND start_time >= ? AND start_time < ?",
+            (partner_id, stream, int(window.start.timestamp()), int(window.end.timestamp())),
+        ).fetchone()
+        return int(row[0])
+
+    def forget_before(self, partner_id: int, stream: str, before: datetime) -> int:
+        """Drop the ids of sessions that started before ``before`` (outside the horizon)."""
+        with self._transaction():
+            removed = self._db.execute(
+                "DELETE FROM emitted WHERE partner_id = ? AND stream = ? AND start_time < ?",
+                (partner_id, stream, int(before.timestamp())),
+            ).rowcount
+        return int(removed)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

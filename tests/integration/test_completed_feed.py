@@ -148,7 +148,11 @@ def test_five_thousand_sessions_over_many_pages_and_users(
     for record in records:
         assert record.value == expected_value(upstream[int(record.key)])
         completed_schema.validate(record.value)
-    summary = [line for line in result.stdout.splitlines() if '"event":"tick"' in line]
+    summary = [
+        line
+        for line in result.stdout.splitlines()
+        if '"event":"tick"' in line and '"stream":"completed"' in line
+    ]
     assert len(summary) == 1 and '"pages":20' in summary[0] and '"emitted":5000' in summary[0]
 
 

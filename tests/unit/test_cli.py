@@ -71,12 +71,9 @@ def test_state_show_and_reset(tmp_path: Path) -> None:
 
     state = tmp_path / "state.sqlite3"
     store = StateStore.open(state)
-    store.commit(
-        5,
-        "completed",
-        Cursor(datetime(2026, 1, 1, tzinfo=UTC)),
-        [(1, datetime(2026, 1, 1, tzinfo=UTC))],
-    )
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    store.commit(5, cursors={"completed": Cursor(moment)}, emitted={"completed": [(1, moment)]})
+
     store.close()
     env = {"POLLER_STATE_PATH": str(state)}
     shown = run("state", "show", env=env)

@@ -30,7 +30,7 @@ def test_seed_video_session_becomes_the_documented_event(
     seed_sample: dict, completed_schema: Any
 ) -> None:
     record = seed_records(seed_sample)[0]
-    event = builder().session_event(record, "completed")
+    event = builder().completed(record)
     assert event.topic == "glance.session.completed"
     assert event.key == b"56960588"
     value = orjson.loads(event.value)
@@ -98,7 +98,7 @@ def raw_session(**overrides: Any) -> dict[str, Any]:
 
 
 def build(raw: Any, pii: PiiPolicy | None = None) -> dict[str, Any]:
-    event = builder(pii).session_event(SourceRecord("u", "p", raw), "completed")
+    event = builder(pii).completed(SourceRecord("u", "p", raw))
     return orjson.loads(event.value)["session"]
 
 
@@ -230,9 +230,7 @@ session_like = st.fixed_dictionaries(
 @given(raw=json_values | session_like, user=json_values)
 def test_any_json_shape_becomes_an_event_or_a_bad_record(raw: Any, user: Any) -> None:
     try:
-        event = builder(PiiPolicy("hash", "s")).session_event(
-            SourceRecord(user, None, raw), "completed"
-        )
+        event = builder(PiiPolicy("hash", "s")).completed(SourceRecord(user, None, raw))
     except BadRecord:
         return
     assert orjson.loads(event.value)["session"]["id"] == raw["id"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,13 @@ from poller.glance.paging import Window
 from poller.state import Cursor, Scan, StateStore
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def commit_old_style(
+    store: StateStore, partner: int, stream: str, cursor: Cursor, ids: Any = ()
+) -> None:
+    """One stream's cursor and ids in one commit."""
+    store.commit(partner, cursors={stream: cursor}, emitted={stream: list(ids)})
 
 
 def test_new_file_is_private_and_empty(tmp_path: Path) -> None:
@@ -33,11 +41,15 @@ def test_commit_and_resume_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     store = StateStore.open(path)
     window = Window(NOW - timedelta(hours=1), NOW)
-    store.commit(
-        7, "completed", Cursor(NOW - timedelta(hours=2), Scan(window, 4242)), [(1, NOW), (2, NOW)]
+    commit_old_style(
+        store,
+        7,
+        "completed",
+        Cursor(NOW - timedelta(hours=2), Scan(window, 4242)),
+        [(1, NOW), (2, NOW)],
     )
-    store.commit(7, "completed", Cursor(NOW), [(3, NOW)])
-    store.commit(8, "completed", Cursor(NOW - timedelta(days=1), Scan(window, 17)))
+    commit_old_style(store, 7, "completed", Cursor(NOW), [(3, NOW)])
+    commit_old_style(store, 8, "completed", Cursor(NOW - timedelta(days=1), Scan(window, 17)))
     store.close()
 
     reopened = StateStore.open(path)
@@ -56,7 +68,7 @@ def test_commit_and_resume_after_reopen(tmp_path: Path) -> None:
 def test_already_emitted_handles_more_ids_than_sqlite_parameters(tmp_path: Path) -> None:
     store = StateStore.open(tmp_path / "s.db")
     try:
-        store.commit(1, "completed", Cursor(NOW), [(i, NOW) for i in range(0, 5000, 2)])
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in range(0, 5000, 2)])
         assert len(store.already_emitted(1, "completed", range(5000))) == 2500
     finally:
         store.close()
@@ -66,7 +78,7 @@ def test_reset_scopes(tmp_path: Path) -> None:
     store = StateStore.open(tmp_path / "s.db")
     try:
         for partner in (1, 2):
-            store.commit(partner, "completed", Cursor(NOW), [(partner * 10, NOW)])
+            commit_old_style(store, partner, "completed", Cursor(NOW), [(partner * 10, NOW)])
         assert store.reset(partner_id=1) == 1
         assert store.cursor(1, "completed") is None
         assert store.cursor(2, "completed") == Cursor(NOW)
@@ -115,7 +127,7 @@ def test_garbage_file_is_refused_and_kept(tmp_path: Path) -> None:
 def test_truncated_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     store = StateStore.open(path)
-    store.commit(1, "completed", Cursor(NOW), [(i, NOW) for i in range(20000)])
+    commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in range(20000)])
     store.close()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -142,3 +154,18 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StateError, match="did not write"):
         StateStore.open(path)
+
+
+def test_count_and_forget_by_start_time(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    try:
+        hours = [(i, NOW - timedelta(hours=i)) for i in range(1, 11)]
+        store.commit(3, emitted={"completed": hours, "started": hours[:2]})
+        last_four_hours = Window(NOW - timedelta(hours=4), NOW)
+        assert store.count_emitted(3, "completed", last_four_hours) == 4
+        assert store.count_emitted(3, "started", last_four_hours) == 2
+        assert store.forget_before(3, "completed", NOW - timedelta(hours=5, minutes=30)) == 5
+        assert store.already_emitted(3, "completed", range(11)) == {1, 2, 3, 4, 5}
+        assert store.already_emitted(3, "started", range(11)) == {1, 2}
+    finally:
+        store.close()

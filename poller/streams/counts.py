@@ -1,0 +1,78 @@
+"""The counts stream: snapshots of the day's PartnerSessionCounts -> ``session.counts``.
+
+For alerting on volume, time-outs and failures: active sessions by type and current status,
+completed sessions by type and terminal status, for the current UTC day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from poller.errors import RetriableUpstreamError
+from poller.events import CountsSnapshot, EventBuilder
+from poller.glance.client import GlanceClient
+from poller.glance.paging import Window
+from poller.publisher import Publisher
+from poller.settings import CountsStreamSettings
+from poller.streams.reconcile import floor_to
+
+ROW_FIELDS = ("type", "status", "count", "averageDuration")
+
+
+@dataclass
+class CountsSummary:
+    active: int = 0
+    completed: int = 0
+    behind: bool = False
+
+    def as_log(self) -> dict[str, object]:
+        return {"active": self.active, "completed": self.completed}
+
+
+def count_rows(rows: Any) -> list[dict[str, Any]]:
+    """The documented row fields only, checked; a wrong shape is a retriable fault."""
+    if not isinstance(rows, list):
+        raise RetriableUpstreamError("bad_shape", "session counts are not a list")
+    clean = []
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("count"), int):
+            raise RetriableUpstreamError("bad_shape", f"a counts row is malformed: {row!r}"[:200])
+        clean.append({name: row.get(name) for name in ROW_FIELDS})
+    return sorted(clean, key=lambda r: (str(r["type"]), str(r["status"])))
+
+
+class CountsStream:
+    name = "counts"
+    uses_state = False
+
+    def __init__(
+        self,
+        client: GlanceClient,
+        builder: EventBuilder,
+        publisher: Publisher,
+        settings: CountsStreamSettings,
+    ) -> None:
+        self._client = client
+        self._builder = builder
+        self._publisher = publisher
+        self._settings = settings
+        self.partner_id = client.partner_id
+
+    @property
+    def interval(self) -> float:
+        return self._settings.interval
+
+    async def tick(self) -> CountsSummary:
+        now = (await self._client.server_now()).replace(microsecond=0)
+        midnight = floor_to(now, timedelta(days=1))
+        day = Window(midnight, midnight + timedelta(days=1))
+        active = count_rows(await self._client.session_counts(day, status="A"))
+        completed = count_rows(await self._client.session_counts(day, status="C"))
+        await self._publisher.publish(
+            [self._builder.counts(CountsSnapshot(now, day, active, completed))]
+        )
+        return CountsSummary(
+            active=sum(r["count"] for r in active), completed=sum(r["count"] for r in completed)
+        )
