@@ -222,8 +222,32 @@ class Service:
         except TRANSIENT as exc:
             # The streams retry on their own schedule; failing/recovered is logged there.
             log.debug("first call failed", error=str(exc))
+        await self._check_started_operation(run)
         loops = [self._loop(run, stream, once) for stream in run.streams]
         return list(await asyncio.gather(*loops))
+
+    async def _check_started_operation(self, run: PartnerRun) -> None:
+        """Before anything is emitted: without the open-sessions operation, no started events
+        at all (not even those published just before a completion)."""
+        started = next((s for s in run.streams if isinstance(s, StartedStream)), None)
+        if started is None:
+            return
+        try:
+            available = await started.available()
+        except TRANSIENT:
+            return  # unknown yet: the stream's own ticks will find out
+        if not available:
+            self._disable_started(run, self._config.settings.started.operation)
+
+    @staticmethod
+    def _disable_started(run: PartnerRun, operation: str) -> None:
+        run.feed.started_enabled = False
+        run.streams = [s for s in run.streams if s.name != "started"]
+        log.warning(
+            "the service has no web method for open sessions; the started stream is off, "
+            "the others keep running",
+            operation=operation,
+        )
 
     async def _loop(self, run: PartnerRun, stream: Stream, once: bool) -> bool:
         """Tick, then wait out the rest of the interval; returns whether the last tick worked."""
@@ -246,12 +270,7 @@ class Service:
                 return False
             except UnknownOperation as exc:
                 if stream.name == "started":
-                    run.feed.started_enabled = False
-                    log.warning(
-                        "the service has no web method for open sessions; the started stream "
-                        "is off, the others keep running",
-                        operation=exc.operation,
-                    )
+                    self._disable_started(run, exc.operation)
                     return True
                 log.error(f"{exc}: this stream stops", operation=exc.operation)
                 return False

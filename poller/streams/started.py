@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from poller.errors import UnknownOperation
 from poller.glance.client import GlanceClient
 from poller.glance.paging import RepeatedPageToken, Window
 from poller.logs import get_logger
@@ -54,6 +55,22 @@ class StartedStream:
     @property
     def interval(self) -> float:
         return self._settings.interval
+
+    async def available(self) -> bool:
+        """Whether upstream knows the operation (its name is unconfirmed): one tiny call."""
+        now = (await self._client.server_now()).replace(microsecond=0)
+        pages = self._client.session_pages(
+            self._settings.operation, Window(now - timedelta(seconds=1), now), 1
+        )
+        try:
+            await anext(pages)
+        except UnknownOperation:
+            return False
+        except StopAsyncIteration:
+            pass
+        finally:
+            await pages.aclose()
+        return True
 
     async def tick(self) -> StartedSummary:
         now = (await self._client.server_now()).replace(microsecond=0)

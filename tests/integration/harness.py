@@ -117,6 +117,8 @@ class PollerRun:
     api_key: str = API_KEY
     partner_id: int = PARTNER_ID
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # More partners beside the main one: id -> API key.
+    other_partners: dict[int, str] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -128,6 +130,10 @@ class PollerRun:
             "kafka": {"bootstrap_servers": self.bootstrap, "linger_ms": 5},
             "topics": vars(self.topics),
             "completed": {"interval": "1s", "overlap": "5m", "start_lookback": "2h"},
+            "reconcile": {"interval": "1s"},
+            "started": {"interval": "1s"},
+            "counts": {"interval": "1m"},
+            "service": {"start_jitter": "200ms"},
             "state": {"path": str(self.state_path)},
             "retry": {"initial_delay": "50ms", "max_delay": "1s"},
             "log": {"level": "info", "format": "json"},
@@ -138,7 +144,8 @@ class PollerRun:
         for section, values in sections.items():
             lines.append(f"[{section}]")
             lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-        lines += ["[[partners]]", f"id = {self.partner_id}", 'api_key_env = "IT_GLANCE_API_KEY"']
+        for partner_id in self._keys():
+            lines += ["[[partners]]", f"id = {partner_id}", f'api_key_env = "IT_KEY_{partner_id}"']
         path = self.workdir / "poller.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -149,8 +156,11 @@ class PollerRun:
             for k, v in os.environ.items()
             if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
         }
-        env["IT_GLANCE_API_KEY"] = self.api_key
+        env.update({f"IT_KEY_{pid}": key for pid, key in self._keys().items()})
         return env
+
+    def _keys(self) -> dict[int, str]:
+        return {self.partner_id: self.api_key, **self.other_partners}
 
     def once(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -193,6 +203,8 @@ class Consumed:
     headers: dict[str, str]
     value: Any
     offset: int
+    # Producer create time (ms): orders events across topics.
+    timestamp: int
 
 
 def consume(
@@ -230,6 +242,7 @@ async def _consume(
                             {k: v.decode() for k, v in m.headers},
                             orjson.loads(m.value),
                             m.offset,
+                            m.timestamp,
                         )
                     )
                     quiet_since = time.monotonic()
@@ -244,3 +257,15 @@ async def _consume(
 def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> int:
     process.send_signal(sig)
     return process.wait(60)
+
+
+def log_events(text: str, event: str, **match: Any) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event`` whose fields equal ``match``."""
+    found = []
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = orjson.loads(line)
+        if entry.get("event") == event and all(entry.get(k) == v for k, v in match.items()):
+            found.append(entry)
+    return found
