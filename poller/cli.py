@@ -16,7 +16,7 @@ from poller.errors import EXIT_FAILURE, EXIT_OK, ConfigError, PollerError, State
 from poller.settings import Config, load_config
 
 log = logs.get_logger("poller.cli")
-STREAMS = ("completed",)
+STREAMS = ("completed", "started", "reconcile")
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:

@@ -28,3 +28,13 @@ def completed_schema() -> Draft202012Validator:
 def seed_sample() -> dict[str, Any]:
     """The vendor's sample PartnerCompletedSessions response, as the seed document has it."""
     return json.loads(SEED_SAMPLE.read_text())
+
+
+@pytest.fixture(scope="session")
+def started_schema() -> Draft202012Validator:
+    return schema_validator("session.started")
+
+
+@pytest.fixture(scope="session")
+def counts_schema() -> Draft202012Validator:
+    return schema_validator("session.counts")

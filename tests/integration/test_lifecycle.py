@@ -52,10 +52,17 @@ def long_sessions(emulator: Emulator, count: int) -> list[dict[str, Any]]:
     return sessions
 
 
-def assert_every_session_once(poller: PollerRun, sessions: list[dict[str, Any]]) -> None:
+def assert_every_session_once(
+    poller: PollerRun, sessions: list[dict[str, Any]], schemas: tuple[Any, Any]
+) -> None:
     ids = {s["id"] for s in sessions}
     completed = by_id(consume(poller.bootstrap, poller.topics.completed, expect=len(ids)))
     started = by_id(consume(poller.bootstrap, poller.topics.started, expect=len(ids)))
+    for stream, schema in zip((completed, started), schemas, strict=True):
+        for copies in stream.values():
+            schema.validate(copies[0].value)
+    observed = Counter(copies[0].value["observedActive"] for copies in started.values())
+    assert observed[True] > 0 and observed[False] > 0, observed
     assert set(completed) == ids, f"missing completions: {sorted(ids - set(completed))[:10]}"
     assert set(started) == ids, f"missing starts: {sorted(ids - set(started))[:10]}"
     for stream in (completed, started):
@@ -76,7 +83,7 @@ def orjson_key(value: Any) -> str:
 
 
 def test_long_sessions_ending_out_of_order_each_arrive_once(
-    emulator: Emulator, poller: PollerRun
+    emulator: Emulator, poller: PollerRun, completed_schema: Any, started_schema: Any
 ) -> None:
     sessions = long_sessions(emulator, 2000)
     ends = sorted(datetime.fromisoformat(s["endTime"].replace("Z", "+00:00")) for s in sessions)
@@ -94,7 +101,7 @@ def test_long_sessions_ending_out_of_order_each_arrive_once(
         result = poller.once()
         output.append(result.stdout)
 
-    assert_every_session_once(poller, sessions)
+    assert_every_session_once(poller, sessions, (completed_schema, started_schema))
     completed = consume(poller.bootstrap, poller.topics.completed, expect=2000)
     assert len(completed) == 2000, "no duplicates without crashes"
     sweeps = log_events("\n".join(output), "tick", stream="reconcile")
@@ -110,7 +117,7 @@ def test_long_sessions_ending_out_of_order_each_arrive_once(
 
 
 def test_restarts_with_sigterm_and_sigkill_change_nothing(
-    emulator: Emulator, poller: PollerRun
+    emulator: Emulator, poller: PollerRun, completed_schema: Any, started_schema: Any
 ) -> None:
     sessions = long_sessions(emulator, 600)
     poller.settings["completed"] = {"start_lookback": "10m", "interval": "200ms"}
@@ -143,7 +150,7 @@ def test_restarts_with_sigterm_and_sigkill_change_nothing(
     finally:
         assert kill(daemon, signal.SIGTERM) == 0
     assert kills == 5
-    assert_every_session_once(poller, sessions)
+    assert_every_session_once(poller, sessions, (completed_schema, started_schema))
 
 
 def _swept_after(log: str, now: str) -> bool:
@@ -157,7 +164,9 @@ def _swept_after(log: str, now: str) -> bool:
     )
 
 
-def test_counts_agree_with_the_emulators_tally(emulator: Emulator, poller: PollerRun) -> None:
+def test_counts_agree_with_the_emulators_tally(
+    emulator: Emulator, poller: PollerRun, counts_schema: Any
+) -> None:
     emulator.admin(
         "POST",
         "/admin/traffic",
@@ -189,6 +198,7 @@ def test_counts_agree_with_the_emulators_tally(emulator: Emulator, poller: Polle
     assert event.key == str(PARTNER_ID)
     assert event.headers["ce_type"] == "net.glance.session.counts"
     value = event.value
+    counts_schema.validate(value)
     assert (value["day"], value["asOf"]) == ("2026-03-10", "2026-03-10T12:00:00Z")
 
     tally: dict[str, Counter[tuple[str, str]]] = {"active": Counter(), "completed": Counter()}
