@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from poller import metrics
 from poller.errors import PublishFailed
 from poller.events import Event
+from poller.health import Health
 from poller.logs import get_logger
-from poller.retry import OnRetry, retrying
+from poller.retry import retrying
 from poller.settings import KafkaSettings, RetrySettings
 
 log = get_logger(__name__)
@@ -69,44 +72,83 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 class KafkaPublisher:
+    """Sends batches and waits for every acknowledgement.
+
+    While Kafka is unavailable a batch is retried with the house backoff until it is
+    acknowledged or shutdown begins: nothing upstream moves meanwhile (the caller holds its
+    page and its cursor), so at most one page per partner waits in memory.
+    """
+
     def __init__(
-        self, settings: KafkaSettings, retry: RetrySettings, on_retry: OnRetry | None = None
+        self,
+        settings: KafkaSettings,
+        retry: RetrySettings,
+        *,
+        stopping: asyncio.Event,
+        health: Health,
+        retry_forever: bool = True,
     ) -> None:
         self._settings = settings
         self._retry = retry
-        self._on_retry = on_retry
+        self._stopping = stopping
+        self._health = health
+        self._failing = False
+        self._until = stopping if retry_forever else None
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def _ensure_started(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        producer = AIOKafkaProducer(**producer_options(self._settings))
-        try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
-            raise PublishFailed("unavailable", f"cannot reach Kafka: {exc}") from None
-        self._producer = producer
-        return producer
+        async with self._starting:
+            if self._producer is not None:
+                return self._producer
+            producer = AIOKafkaProducer(**producer_options(self._settings))
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                raise PublishFailed("unavailable", f"cannot reach Kafka: {exc}") from None
+            self._producer = producer
+            return producer
 
     async def publish(self, events: Sequence[Event]) -> None:
+        """Return once every event is acknowledged; raise PublishFailed only on shutdown
+        (or, without ``retry_forever``, after the policy's attempts)."""
         pending = list(events)
-        async for attempt in retrying(self._retry, (PublishFailed,), self._on_retry):
+        async for attempt in retrying(
+            self._retry, (PublishFailed,), self._note_retry, until=self._until
+        ):
             with attempt:
-                pending, error = await self._send(pending)
+                pending, reason, error = await self._send(pending)
                 if pending:
-                    raise PublishFailed(
-                        "unacknowledged", f"{len(pending)} event(s) not acknowledged: {error}"
-                    )
+                    self._health.broker_failed()
+                    metrics.PRODUCE_ERRORS.labels(reason).inc()
+                    detail = f"{len(pending)} event(s) not acknowledged: {error}"
+                    raise PublishFailed(reason, detail)
+        self._health.broker_answered()
+        if self._failing:
+            log.info("kafka acknowledges again")
+        self._failing = False
 
-    async def _send(self, events: list[Event]) -> tuple[list[Event], str]:
-        """Send all, await all; return the events that were not acknowledged and why."""
+    def _note_retry(self, error: BaseException, delay: float, attempt: int) -> None:
+        """Says "failing" once and "recovered" once, never per retry."""
+        metrics.RETRIES.labels("", "kafka", getattr(error, "reason", "unknown")).inc()
+        if not self._failing:
+            log.warning("kafka is not acknowledging; retrying until it does", error=str(error))
+        self._failing = True
+        log.debug("retrying", target="kafka", error=str(error), delay=round(delay, 2))
+
+    async def _send(self, events: list[Event]) -> tuple[list[Event], str, str]:
+        """Send all, await all; return what was not acknowledged, a reason word and the error."""
+        if not events:
+            return [], "", ""
         try:
             producer = await self._ensure_started()
         except PublishFailed as exc:
-            return events, str(exc)
+            return events, exc.reason, str(exc)
+        started = time.perf_counter()
         futures: list[asyncio.Future[Any]] = []
-        error = ""
+        reason = error = ""
+        metrics.UNACKED.inc(len(events))
         try:
             for event in events:
                 futures.append(
@@ -115,15 +157,30 @@ class KafkaPublisher:
                     )
                 )
         except KafkaError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            reason, error = "send", f"{type(exc).__name__}: {exc}"
         # Whatever was handed over is awaited; what failed or was never sent is returned.
         results = await asyncio.gather(*futures, return_exceptions=True)
+        metrics.UNACKED.dec(len(events))
         failed = [e for e, r in zip(events, results, strict=False) if isinstance(r, BaseException)]
         failed.extend(events[len(futures) :])
         if not error:
             errors = [r for r in results if isinstance(r, BaseException)]
-            error = f"{type(errors[0]).__name__}: {errors[0]}" if errors else ""
-        return failed, error
+            if errors:
+                reason, error = "ack", f"{type(errors[0]).__name__}: {errors[0]}"
+        if not failed:
+            metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        return failed, reason, error
+
+    async def ping(self, limit_seconds: float) -> bool:
+        """Ask Kafka for metadata: the broker answers, or it does not."""
+        try:
+            producer = await asyncio.wait_for(self._ensure_started(), limit_seconds)
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), limit_seconds)
+        except (PublishFailed, KafkaError, TimeoutError):
+            self._health.broker_failed()
+            return False
+        self._health.broker_answered()
+        return True
 
     async def stop(self, grace_seconds: float) -> None:
         producer, self._producer = self._producer, None

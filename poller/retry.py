@@ -6,6 +6,8 @@ the exception (from an HTTP ``Retry-After``) replaces the computed delay, capped
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 from tenacity import (
@@ -13,6 +15,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_random_exponential,
 )
 from tenacity.wait import wait_base
@@ -42,11 +45,14 @@ def retrying(
     settings: RetrySettings,
     retry_on: tuple[type[BaseException], ...],
     on_retry: OnRetry | None = None,
+    *,
+    until: asyncio.Event | None = None,
 ) -> AsyncRetrying:
     """An ``AsyncRetrying`` for ``async for attempt in retrying(...): with attempt: ...``.
 
     After ``settings.max_attempts`` the last error is re-raised unchanged: the caller's tick
-    fails, and its next tick starts over from the committed state.
+    fails, and its next tick starts over from the committed state. With ``until``, attempts
+    go on (same backoff) until that event is set, and the event cuts a backoff short.
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -56,10 +62,25 @@ def retrying(
         if error is not None:
             on_retry(error, state.next_action.sleep, state.attempt_number)
 
+    if until is None:
+        return AsyncRetrying(
+            retry=retry_if_exception_type(retry_on),
+            wait=_RetryAfterOrFullJitter(settings),
+            stop=stop_after_attempt(settings.max_attempts),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+    event = until
+
+    async def interruptible_sleep(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
     return AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
         wait=_RetryAfterOrFullJitter(settings),
-        stop=stop_after_attempt(settings.max_attempts),
+        stop=stop_when_event_set(event),  # type: ignore[arg-type]
+        sleep=interruptible_sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -6,8 +6,8 @@ each on its own interval. The streams of one partner that touch its emitted ids 
 authentication fault halts that partner only; the process exits 3 when every partner has one.
 
 Signal handlers only set an event. A tick in flight finishes its page, the producer is
-flushed and the state closed; past ``shutdown_timeout`` what is left is cancelled (its
-events are re-emitted with the same ids on the next start, never lost).
+flushed and the state closed, all within ``shutdown_timeout``; past it what is left is
+cancelled (its events are re-emitted with the same ids on the next start, never lost).
 """
 
 from __future__ import annotations
@@ -16,27 +16,32 @@ import asyncio
 import contextlib
 import random
 import signal
+import ssl
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 
+from poller import metrics
 from poller.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
     EXIT_OK,
     AuthenticationFailed,
+    ConfigError,
+    ConfigProblem,
     PublishFailed,
     RetriableUpstreamError,
     UnknownOperation,
 )
 from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import GlanceClient
+from poller.health import Health
 from poller.logs import get_logger
-from poller.publisher import KafkaPublisher, Publisher
-from poller.retry import OnRetry
-from poller.settings import Config, Partner
+from poller.publisher import KafkaPublisher
+from poller.server import OperatorServer
+from poller.settings import Config, GlanceSettings, Partner
 from poller.state import StateStore
 from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
@@ -63,50 +68,74 @@ class PartnerRun:
     auth_failed: bool = False
 
 
-def _log_publish_retry() -> OnRetry:
-    def note(error: BaseException, delay: float, attempt: int) -> None:
-        # Retries are routine: debug level only; failing/recovered is logged by the loop.
-        log.debug(
-            "retrying", what="kafka", error=str(error), delay=round(delay, 2), attempt=attempt
-        )
-
-    return note
-
-
-def _log_upstream_retry(operation: str, reason: str, delay: float) -> None:
-    log.debug(
-        "retrying", what="upstream", operation=operation, reason=reason, delay=round(delay, 2)
-    )
+def _upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
+    """Verification on by default; a private CA replaces the system's; off only by choice."""
+    if not glance.verify_tls:
+        return False
+    if glance.ca_file is not None:
+        return ssl.create_default_context(cafile=str(glance.ca_file))
+    return True
 
 
 class Service:
-    def __init__(self, config: Config, *, publisher: Publisher | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self._config = config
-        self._publisher = publisher
+        settings = config.settings
         self._stopping = asyncio.Event()
+        self._deadline: float | None = None
         self._partners: list[PartnerRun] = []
+        self.health = Health(
+            stale_after_intervals=settings.health.stale_after_intervals,
+            failed_ticks=settings.health.failed_ticks,
+            broker_max_silence=settings.health.broker_max_silence,
+        )
+        self.server_port: int | None = None
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
             log.info("stopping: finishing the page in flight")
+            self._deadline = time.monotonic() + self._config.settings.service.shutdown_timeout
         self._stopping.set()
+        self.health.running = False
         for run in self._partners:
             run.halted.set()
+
+    def _time_left(self) -> float:
+        if self._deadline is None:
+            return self._config.settings.service.shutdown_timeout
+        return max(0.5, self._deadline - time.monotonic())
 
     async def run(self, *, once: bool = False) -> int:
         settings = self._config.settings
         state = StateStore.open(settings.state.path)
         if not settings.glance.verify_tls:
             log.warning("TLS certificate verification is OFF for the Glance Activity Service")
-        publisher = self._publisher or KafkaPublisher(
-            settings.kafka, settings.retry, on_retry=_log_publish_retry()
+        publisher = KafkaPublisher(
+            settings.kafka,
+            settings.retry,
+            stopping=self._stopping,
+            health=self.health,
+            retry_forever=not once,
         )
+        server = None
+        if settings.server.enabled and not once:
+            server = OperatorServer(self.health, settings.server.host, settings.server.port)
+            try:
+                await server.start()
+            except OSError as exc:
+                state.close()
+                where = f"{settings.server.host}:{settings.server.port}"
+                raise ConfigError(
+                    [ConfigProblem("server.port", f"cannot listen on {where}: {exc.strerror}")]
+                ) from None
+            self.server_port = server.port
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        watcher: asyncio.Task[None] | None = None
         try:
-            connector = aiohttp.TCPConnector(ssl=settings.glance.verify_tls)
+            connector = aiohttp.TCPConnector(ssl=_upstream_tls(settings.glance))
             async with aiohttp.ClientSession(connector=connector) as http:
                 self._partners = [
                     self._partner_run(http, p, publisher, state) for p in self._config.partners
@@ -116,12 +145,21 @@ class Service:
                     partners=[p.id for p in self._config.partners],
                     streams=sorted({s.name for r in self._partners for s in r.streams}),
                     state=str(settings.state.path),
+                    metrics_port=self.server_port,
                     once=once,
                 )
+                self.health.running = True
+                if not once:
+                    watcher = asyncio.create_task(self._watch_broker(publisher))
                 results = await self._run_all(once)
         finally:
-            await publisher.stop(settings.service.shutdown_timeout)
+            self.health.running = False
+            if watcher is not None:
+                watcher.cancel()
+            await publisher.stop(self._time_left())
             state.close()
+            if server is not None:
+                await server.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -136,13 +174,11 @@ class Service:
         self,
         http: aiohttp.ClientSession,
         partner: Partner,
-        publisher: Publisher,
+        publisher: KafkaPublisher,
         state: StateStore,
     ) -> PartnerRun:
         settings = self._config.settings
-        client = GlanceClient(
-            http, settings.glance, partner, settings.retry, on_retry=_log_upstream_retry
-        )
+        client = GlanceClient(http, settings.glance, partner, settings.retry)
         salt = settings.events.pii_salt
         pii = PiiPolicy(settings.events.pii, salt.get_secret_value() if salt else None)
         builder = EventBuilder(partner.id, settings.topics, pii)
@@ -167,17 +203,25 @@ class Service:
         if settings.started.enabled:
             run.streams.append(
                 StartedStream(
-                    client,
-                    feed,
-                    settings.glance,
-                    settings.started,
-                    settings.reconcile,
-                    run.halted,
+                    client, feed, settings.glance, settings.started, settings.reconcile, run.halted
                 )
             )
         if settings.counts.enabled:
             run.streams.append(CountsStream(client, builder, publisher, settings.counts))
+        for stream in run.streams:
+            self.health.watch(partner.id, stream.name, stream.interval)
         return run
+
+    async def _watch_broker(self, publisher: KafkaPublisher) -> None:
+        """When no batch was acknowledged lately, ask Kafka for metadata: /readyz must
+        notice a broker that went away even while there is nothing to send."""
+        every = self._config.settings.health.broker_check_interval
+        while not self._stopping.is_set():
+            quiet = self.health.broker_quiet_for()
+            if quiet is None or quiet >= every:
+                await publisher.ping(min(every, 5.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), every)
 
     async def _run_all(self, once: bool) -> list[bool]:
         jitter = 0.0 if once else self._config.settings.service.start_jitter
@@ -193,9 +237,7 @@ class Service:
             )
             pending.difference_update(done)
         if pending:
-            _, late = await asyncio.wait(
-                pending, timeout=self._config.settings.service.shutdown_timeout
-            )
+            _, late = await asyncio.wait(pending, timeout=self._time_left())
             for task in late:
                 log.warning("shutdown deadline reached; abandoning a tick in flight")
                 task.cancel()
@@ -215,9 +257,7 @@ class Service:
         try:
             await run.client.server_now()
         except AuthenticationFailed as exc:
-            log.error(str(exc))
-            run.auth_failed = True
-            run.halted.set()
+            self._reject(run, exc)
             return [False]
         except TRANSIENT as exc:
             # The streams retry on their own schedule; failing/recovered is logged there.
@@ -225,6 +265,13 @@ class Service:
         await self._check_started_operation(run)
         loops = [self._loop(run, stream, once) for stream in run.streams]
         return list(await asyncio.gather(*loops))
+
+    def _reject(self, run: PartnerRun, exc: AuthenticationFailed) -> None:
+        if not run.auth_failed:
+            log.error(str(exc))
+        run.auth_failed = True
+        run.halted.set()
+        self.health.credentials_rejected(run.partner.id)
 
     async def _check_started_operation(self, run: PartnerRun) -> None:
         """Before anything is emitted: without the open-sessions operation, no started events
@@ -239,10 +286,10 @@ class Service:
         if not available:
             self._disable_started(run, self._config.settings.started.operation)
 
-    @staticmethod
-    def _disable_started(run: PartnerRun, operation: str) -> None:
+    def _disable_started(self, run: PartnerRun, operation: str) -> None:
         run.feed.started_enabled = False
         run.streams = [s for s in run.streams if s.name != "started"]
+        self.health.unwatch(run.partner.id, "started")
         log.warning(
             "the service has no web method for open sessions; the started stream is off, "
             "the others keep running",
@@ -252,6 +299,7 @@ class Service:
     async def _loop(self, run: PartnerRun, stream: Stream, once: bool) -> bool:
         """Tick, then wait out the rest of the interval; returns whether the last tick worked."""
         structlog.contextvars.bind_contextvars(partner=stream.partner_id, stream=stream.name)
+        labels = (str(stream.partner_id), stream.name)
         failing = False
         succeeded = False
         while not run.halted.is_set():
@@ -263,24 +311,28 @@ class Service:
                 else:
                     result = await stream.tick()
             except AuthenticationFailed as exc:
-                if not run.auth_failed:
-                    log.error(str(exc))
-                run.auth_failed = True
-                run.halted.set()
+                self._reject(run, exc)
                 return False
             except UnknownOperation as exc:
                 if stream.name == "started":
                     self._disable_started(run, exc.operation)
                     return True
                 log.error(f"{exc}: this stream stops", operation=exc.operation)
+                self.health.tick_failed(stream.partner_id, stream.name)
                 return False
             except TRANSIENT as exc:
                 succeeded = False
+                metrics.TICKS.labels(*labels, "failed").inc()
+                self.health.tick_failed(stream.partner_id, stream.name)
+                if self._stopping.is_set():
+                    break
                 if not failing:
                     log.warning("tick failed; will retry next tick", error=str(exc))
                 failing = True
             else:
                 succeeded = True
+                metrics.TICKS.labels(*labels, "ok").inc()
+                self.health.tick_succeeded(stream.partner_id, stream.name)
                 if failing:
                     log.info("recovered")
                 failing = False

@@ -64,6 +64,8 @@ class GlanceSettings(_Section):
     base_url: HttpUrl = "https://www.glance.net"
     request_timeout: Seconds = 30.0
     verify_tls: bool = True
+    # A CA bundle to verify the service's certificate with, instead of the system's.
+    ca_file: Path | None = None
     page_size: int = Field(default=1000, ge=1, le=1000)
     # Upper bound on one request's range; the API refuses more than 31 days.
     max_window: Seconds = 31 * 86400.0
@@ -156,6 +158,24 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class ServerSettings(_Section):
+    # /metrics, /healthz and /readyz on one port; port 0 picks a free one.
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - scraped from outside the container by design
+    port: int = Field(default=9720, ge=0, le=65535)
+
+
+class HealthSettings(_Section):
+    # A stream is not ready after this many failed ticks in a row...
+    failed_ticks: int = Field(default=1, ge=1)
+    # ...or when its last successful tick is older than this many intervals (plus a minute).
+    stale_after_intervals: float = Field(default=3.0, gt=0)
+    # How often Kafka is asked for metadata when no batch has been acknowledged meanwhile,
+    # and how long it may stay silent before /readyz says so.
+    broker_check_interval: Seconds = 10.0
+    broker_max_silence: Seconds = 60.0
+
+
 class ServiceSettings(_Section):
     # SIGTERM: finish the page in flight, flush, write state; give up waiting after this.
     shutdown_timeout: Seconds = 20.0
@@ -206,6 +226,8 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     events: EventSettings = EventSettings()
     log: LogSettings = LogSettings()
+    server: ServerSettings = ServerSettings()
+    health: HealthSettings = HealthSettings()
     service: ServiceSettings = ServiceSettings()
 
     @classmethod
@@ -285,6 +307,12 @@ def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProb
     return value
 
 
+def _check_files(settings: Settings, problems: list[ConfigProblem]) -> None:
+    ca_file = settings.glance.ca_file
+    if ca_file is not None and not ca_file.is_file():
+        problems.append(ConfigProblem("glance.ca_file", f"no such file: {ca_file}"))
+
+
 def _check_kafka_security(kafka: KafkaSettings, problems: list[ConfigProblem]) -> None:
     if kafka.security_protocol.startswith("SASL"):
         for key in ("sasl_mechanism", "sasl_username", "sasl_password"):
@@ -329,6 +357,7 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
         key = _resolve_key(partner, index, problems) if need_credentials else ""
         partners.append(Partner(partner.id, SecretStr(key)))
     _check_kafka_security(settings.kafka, problems)
+    _check_files(settings, problems)
     reconcile = settings.reconcile
     if reconcile.bucket > reconcile.horizon:
         problems.append(ConfigProblem("reconcile.bucket", "must not be longer than the horizon"))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from poller import metrics
 from poller.errors import StateError
 from poller.glance.paging import Window
 
@@ -198,6 +200,7 @@ class StateStore:
     ) -> None:
         """Record acknowledged events and cursors, of any streams, in one durable transaction."""
         now = _iso(datetime.now(UTC))
+        started = time.perf_counter()
         with self._transaction():
             for stream, ids in (emitted or {}).items():
                 self._db.executemany(
@@ -218,6 +221,7 @@ class StateStore:
                         now,
                     ),
                 )
+        metrics.STATE_COMMIT.observe(time.perf_counter() - started)
 
     def count_emitted(self, partner_id: int, stream: str, window: Window) -> int:
         """How many ids this stream emitted for sessions starting inside ``window``."""

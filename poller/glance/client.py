@@ -7,7 +7,7 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -16,24 +16,19 @@ from typing import Any
 import aiohttp
 import orjson
 
+from poller import metrics
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
 from poller.glance.dates import to_request
 from poller.glance.paging import Paginator, Window
 from poller.glance.records import SessionPage, parse_session_page
+from poller.logs import get_logger
 from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
 
+log = get_logger(__name__)
 SERVICE_PATH = "/services/activityservice.asmx"
 COMPLETED_SESSIONS = "PartnerCompletedSessions"
 SESSION_COUNTS = "PartnerSessionCounts"
-
-# Observer hooks: (operation, outcome, seconds) per request and (reason) per retry.
-RequestObserver = Callable[[str, str, float], None]
-RetryObserver = Callable[[str, str, float], None]
-
-
-def _noop_request(operation: str, outcome: str, seconds: float) -> None:
-    return None
 
 
 @dataclass
@@ -93,16 +88,11 @@ class GlanceClient:
         settings: GlanceSettings,
         partner: Partner,
         retry: RetrySettings,
-        *,
-        on_request: RequestObserver = _noop_request,
-        on_retry: RetryObserver | None = None,
     ) -> None:
         self._http = http
         self._settings = settings
         self._partner = partner
         self._retry = retry
-        self._on_request = on_request
-        self._on_retry = on_retry
         self.clock = ServerClock()
 
     @property
@@ -113,8 +103,10 @@ class GlanceClient:
         """One web method, retried per the house policy; returns the unwrapped ``d``."""
 
         def note_retry(error: BaseException, delay: float, attempt: int) -> None:
-            if self._on_retry is not None:
-                self._on_retry(operation, getattr(error, "reason", "unknown"), delay)
+            reason = getattr(error, "reason", "unknown")
+            metrics.RETRIES.labels(str(self._partner.id), "upstream", reason).inc()
+            # Routine: debug only; a tick that fails after its retries is logged by the loop.
+            log.debug("retrying", operation=operation, reason=reason, delay=round(delay, 2))
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
@@ -139,6 +131,8 @@ class GlanceClient:
                 self.clock.observe(response.headers.get("Date"))
                 payload = await response.read()
                 outcome = f"{response.status // 100}xx"
+                if response.status >= 400 and response.headers.get("jsonerror") == "true":
+                    outcome = "fault"
                 return self._interpret(operation, response, payload)
         except TimeoutError:
             outcome = "timeout"
@@ -148,6 +142,12 @@ class GlanceClient:
         except aiohttp.ClientPayloadError as exc:
             outcome = "truncated"
             raise RetriableUpstreamError("truncated", f"{operation}: {exc}") from None
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            outcome = "tls"
+            # Retried like any transient fault (a certificate can be renewed), loudly.
+            raise RetriableUpstreamError(
+                "tls", f"{operation}: TLS failure (certificate verify failed?): {exc}"
+            ) from None
         except aiohttp.ClientError as exc:
             outcome = "connection"
             # The exception text names the host and the URL path, never the request body.
@@ -155,7 +155,8 @@ class GlanceClient:
                 "connection", f"{operation}: {type(exc).__name__}: {exc}"
             ) from None
         finally:
-            self._on_request(operation, outcome, time.perf_counter() - started)
+            metrics.UPSTREAM_REQUESTS.labels(str(self._partner.id), operation, outcome).inc()
+            metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
     def _interpret(self, operation: str, response: aiohttp.ClientResponse, payload: bytes) -> Any:
         status = response.status

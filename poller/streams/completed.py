@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from poller import metrics
 from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
 from poller.glance.paging import RepeatedPageToken, Window, split_window
 from poller.logs import get_logger
@@ -88,6 +89,8 @@ class CompletedStream:
                 cursor = Cursor(cursor.scanned_until, Scan(first, 0))
             cursor = await self._scan(cursor, summary)
         summary.scanned_until = cursor.scanned_until
+        lag = (now - cursor.scanned_until).total_seconds()
+        metrics.CURSOR_LAG.labels(str(self.partner_id), STREAM).set(max(0.0, lag))
         return summary
 
     async def _scan(self, cursor: Cursor, summary: ScanSummary) -> Cursor:

@@ -8,10 +8,12 @@ started event here, published and acknowledged before its completed event.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
+from poller import metrics
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, EventType
 from poller.glance.dates import parse_returned
@@ -109,7 +111,17 @@ class PartnerFeed:
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
+        self._count(stream, counts, [e for _, e in fresh] + dead + started_first)
         return counts
+
+    def _count(self, stream: str, counts: Delivered, events: list[Event]) -> None:
+        partner = str(self.partner_id)
+        metrics.PAGES.labels(partner, stream).inc()
+        metrics.SESSIONS.labels(partner, stream).inc(counts.records)
+        metrics.DUPLICATES.labels(partner, stream).inc(counts.duplicates)
+        metrics.DEAD_LETTERS.labels(partner, stream).inc(counts.dead_letters)
+        for topic, number in Counter(e.topic for e in events).items():
+            metrics.EVENTS.labels(partner, topic).inc(number)
 
     def _started_for(self, completed: list[tuple[SourceRecord, Event]]) -> list[Event]:
         if not self.started_enabled or not completed:

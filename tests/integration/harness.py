@@ -134,6 +134,7 @@ class PollerRun:
             "started": {"interval": "1s"},
             "counts": {"interval": "1m"},
             "service": {"start_jitter": "200ms"},
+            "server": {"port": 0, "host": "127.0.0.1"},
             "state": {"path": str(self.state_path)},
             "retry": {"initial_delay": "50ms", "max_delay": "1s"},
             "log": {"level": "info", "format": "json"},

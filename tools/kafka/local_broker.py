@@ -7,6 +7,10 @@ A broker gets free loopback ports and a throw-away data folder, is formatted wit
 It can be stopped and started again on the same data (to test outages), and is removed
 at the end.
 
+With ``sasl_users`` the broker also gets a ``SASL_PLAINTEXT`` listener that accepts PLAIN,
+SCRAM-SHA-256 and SCRAM-SHA-512 for those users (to test a client's SASL settings); the
+PLAINTEXT listener stays, for admin and verification.
+
     python tools/kafka/local_broker.py run      # start one, print its address, stop on Ctrl-C
 """
 
@@ -15,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +34,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JARS = HERE / "jars"
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SCRAM_ITERATIONS = 4096  # the minimum Kafka accepts for both SCRAM mechanisms
+# Kept to characters that need no escaping in a JAAS option name (user_<name>), in a
+# StorageTool --add-scram argument (split on "," and "=") or in SCRAM's own username encoding.
+_SASL_USERNAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class BrokerFailed(RuntimeError):
@@ -50,6 +61,51 @@ def _java() -> str:
     return found
 
 
+def _check_sasl_users(users: dict[str, str]) -> None:
+    if not users:
+        raise ValueError("sasl_users must name at least one user")
+    for name, password in users.items():
+        if not _SASL_USERNAME.fullmatch(name):
+            raise ValueError(f"SASL username {name!r} must match {_SASL_USERNAME.pattern}")
+        # A newline would end the JAAS quoted string (and the properties line) early.
+        if not password or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in password):
+            raise ValueError(f"the SASL password of {name!r} is empty or has control characters")
+
+
+def _jaas_quoted(value: str) -> str:
+    """A JAAS option value: Kafka's JaasConfig tokenizer unescapes backslashes in quotes."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _properties_value(value: str) -> str:
+    """Escape for java.util.Properties, which Kafka loads as ISO-8859-1 with backslash escapes."""
+    out = []
+    for ch in value.replace("\\", "\\\\"):
+        if ord(ch) < 0x80:
+            out.append(ch)
+        else:
+            units = ch.encode("utf-16-be")
+            out.extend(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+    return "".join(out)
+
+
+def _scram_credential(mechanism: str, name: str, password: str) -> str:
+    """A StorageTool ``--add-scram`` argument carrying the salted password, not the password.
+
+    ``password=...`` would work too, but would put the password on a command line (visible
+    in ``ps``), StorageTool echoes a malformed argument in its error, and its parser splits
+    on ``,`` so such a password would not survive. SCRAM's SaltedPassword is PBKDF2 with the
+    mechanism's hash (RFC 5802), which is what Kafka's ScramFormatter computes from a password.
+    """
+    digest = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}[mechanism]
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac(digest, password.encode(), salt, SCRAM_ITERATIONS)
+    return (
+        f"{mechanism}=[name={name},iterations={SCRAM_ITERATIONS},"
+        f"salt={base64.b64encode(salt).decode()},saltedpassword={base64.b64encode(salted).decode()}]"
+    )
+
+
 async def _accepts_metadata(bootstrap: str) -> bool:
     import logging
 
@@ -69,14 +125,25 @@ async def _accepts_metadata(bootstrap: str) -> bool:
 
 
 class LocalBroker:
-    def __init__(self, jars: Path = DEFAULT_JARS, heap: str = "512m") -> None:
+    def __init__(
+        self,
+        jars: Path = DEFAULT_JARS,
+        heap: str = "512m",
+        sasl_users: dict[str, str] | None = None,
+    ) -> None:
+        """``sasl_users`` (username -> password) adds a SASL_PLAINTEXT listener for them."""
         if not any(jars.glob("kafka_2.13-*.jar")):
             raise BrokerFailed(f"no Kafka jars in {jars}: run `make kafka-jars` first")
+        if sasl_users is not None:
+            _check_sasl_users(sasl_users)
         self.jars = jars
         self.heap = heap
+        self.sasl_users = dict(sasl_users) if sasl_users is not None else None
         self.workdir = Path(tempfile.mkdtemp(prefix="glance-kafka-"))
         self.port = free_port()
         self.controller_port = free_port()
+        # Chosen once, like the others, so a restart on the same data keeps every address.
+        self.sasl_port = free_port() if self.sasl_users is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         self._formatted = False
 
@@ -85,21 +152,32 @@ class LocalBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)."""
+        if self.sasl_port is None:
+            raise BrokerFailed("this broker has no SASL listener: pass sasl_users")
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "broker.log"
 
     def _write_properties(self) -> Path:
         path = self.workdir / "server.properties"
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.sasl_port is not None:
+            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
         lines = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
+            "advertised.listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(self.workdir / "data"),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -109,9 +187,45 @@ class LocalBroker:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
+            **self._sasl_properties(),
         }
-        path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        path.write_text("".join(f"{k}={_properties_value(v)}\n" for k, v in lines.items()))
         return path
+
+    def _sasl_properties(self) -> dict[str, str]:
+        """The SASL listener's settings; SCRAM users live in the metadata log (see ``start``).
+
+        PLAIN checks the passwords in its JAAS options, so they are in ``server.properties``
+        (in the private work folder): Kafka does not log a ``sasl.jaas.config`` value, and
+        the broker logs at WARN, where it logs no configuration values at all.
+        """
+        if self.sasl_users is None:
+            return {}
+        prefix = "listener.name.sasl_plaintext"
+        plain_users = " ".join(
+            f"user_{name}={_jaas_quoted(password)}" for name, password in self.sasl_users.items()
+        )
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            f"{prefix}.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            ),
+            f"{prefix}.scram-sha-256.sasl.jaas.config": scram,
+            f"{prefix}.scram-sha-512.sasl.jaas.config": scram,
+        }
+
+    def _format_command(self, properties: Path) -> list[str]:
+        """StorageTool format; SCRAM credentials can only be seeded here, before the first start.
+
+        (The default release version, 4.1-IV1, is past 3.5-IV2, which SCRAM in KRaft needs.)
+        """
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        args = ["format", "-t", cluster_id, "-c", str(properties)]
+        for name, password in (self.sasl_users or {}).items():
+            for mechanism in SASL_MECHANISMS[1:]:
+                args += ["--add-scram", _scram_credential(mechanism, name, password)]
+        return self._java_command("kafka.tools.StorageTool", *args)
 
     def _java_command(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -131,11 +245,8 @@ class LocalBroker:
         """Start (formatting on first start) and return once it answers metadata requests."""
         properties = self._write_properties()
         if not self._formatted:
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                self._java_command(
-                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)
-                ),
+                self._format_command(properties),
                 capture_output=True,
                 text=True,
                 check=False,
