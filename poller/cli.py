@@ -105,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="one tick of every stream, then exit")
     run.set_defaults(handler=_cmd_run)
 
-    state = with_config(commands.add_parser("state", help="inspect or reset the state file"))
+    state = commands.add_parser("state", help="inspect or reset the state file")
     state_commands = state.add_subparsers(dest="state_command", required=True)
-    state_commands.add_parser("show", help="print the state as JSON")
-    reset = state_commands.add_parser("reset", help="forget cursors and emitted ids")
+    with_config(state_commands.add_parser("show", help="print the state as JSON"))
+    reset = with_config(state_commands.add_parser("reset", help="forget cursors and emitted ids"))
     reset.add_argument("--partner", type=int, help="only this partner")
     reset.add_argument("--stream", choices=STREAMS, help="only this stream")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")

@@ -108,7 +108,7 @@ class Service:
     async def run(self, *, once: bool = False) -> int:
         settings = self._config.settings
         state = StateStore.open(settings.state.path)
-        if not settings.glance.verify_tls:
+        if not settings.glance.verify_tls and settings.glance.base_url.startswith("https:"):
             log.warning("TLS certificate verification is OFF for the Glance Activity Service")
         publisher = KafkaPublisher(
             settings.kafka,
@@ -245,6 +245,9 @@ class Service:
         stop_waiter.cancel()
         results: list[bool] = []
         for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                log.error("a partner's run crashed", exc_info=error)
             ok = task.done() and not task.cancelled() and task.exception() is None
             results.extend(task.result() if ok else [False])
         return results
@@ -328,6 +331,14 @@ class Service:
                     break
                 if not failing:
                     log.warning("tick failed; will retry next tick", error=str(exc))
+                failing = True
+            except Exception:
+                # A bug, not weather: loud every time, and the stream keeps its schedule
+                # (state is committed per page, so the next tick starts from firm ground).
+                succeeded = False
+                metrics.TICKS.labels(*labels, "crashed").inc()
+                self.health.tick_failed(stream.partner_id, stream.name)
+                log.exception("tick crashed; will retry next tick")
                 failing = True
             else:
                 succeeded = True

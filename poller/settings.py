@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -309,8 +310,19 @@ def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProb
 
 def _check_files(settings: Settings, problems: list[ConfigProblem]) -> None:
     ca_file = settings.glance.ca_file
-    if ca_file is not None and not ca_file.is_file():
+    if ca_file is None:
+        return
+    if not ca_file.is_file():
         problems.append(ConfigProblem("glance.ca_file", f"no such file: {ca_file}"))
+        return
+    try:
+        ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        problems.append(ConfigProblem("glance.ca_file", f"not a PEM CA bundle: {exc}"))
+    if not settings.glance.verify_tls:
+        problems.append(
+            ConfigProblem("glance.ca_file", "is set but glance.verify_tls = false ignores it")
+        )
 
 
 def _check_kafka_security(kafka: KafkaSettings, problems: list[ConfigProblem]) -> None:

@@ -2,7 +2,9 @@
 
 It serves the four operations and the admin API on one port, logs one line per request to
 stderr, and stops cleanly on SIGTERM or SIGINT. With ``--port 0`` it picks a free port and,
-with ``--port-file``, writes it there once listening, for test harnesses.
+with ``--port-file``, writes it there once listening, for test harnesses. With ``--tls-cert``
+and ``--tls-key`` it serves HTTPS instead of HTTP (the admin API too), for testing how a client
+handles the service's certificate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -111,23 +114,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port-file", type=Path, metavar="PATH", help="write the bound port here once listening"
     )
     parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain) in PEM; needs --tls-key",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert, in PEM"
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="request lines are logged at INFO",
     )
+    # argparse has no check across options: run() reports a lone --tls-cert or --tls-key
+    # through the parser that read it, as a usage error (exit 2) like any other.
+    parser.set_defaults(emulator_parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        message = "--tls-cert and --tls-key go together: give both or neither"
+        parser = getattr(args, "emulator_parser", None)
+        if isinstance(parser, argparse.ArgumentParser):
+            parser.error(message)  # usage and message on stderr, exit 2
+        logger.error("%s", message)
+        return EXIT_BAD_ARGUMENTS
+    try:
+        ssl_context = tls_context(args.tls_cert, args.tls_key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        logger.error("cannot use --tls-cert/--tls-key: %s", exc)
+        return EXIT_BAD_ARGUMENTS
     try:
         state = build_state(args)
     except (ValueError, DatasetError) as exc:
         logger.error("emulator: %s", exc)
         return EXIT_BAD_ARGUMENTS
     try:
-        asyncio.run(serve(state, args.host, args.port, args.port_file))
+        asyncio.run(serve(state, args.host, args.port, args.port_file, ssl_context=ssl_context))
     except OSError as exc:
         logger.error("emulator: cannot listen on %s:%s: %s", args.host, args.port, exc)
         return EXIT_CANNOT_SERVE
@@ -166,8 +193,24 @@ def build_state(args: argparse.Namespace) -> EmulatorState:
     return state
 
 
-async def serve(state: EmulatorState, host: str, port: int, port_file: Path | None = None) -> None:
-    """Serve until SIGTERM or SIGINT."""
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The server side of HTTPS for ``--tls-cert``/``--tls-key``; None (plain HTTP) without."""
+    if cert is None or key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    return context
+
+
+async def serve(
+    state: EmulatorState,
+    host: str,
+    port: int,
+    port_file: Path | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; HTTPS with ``ssl_context``, else plain HTTP."""
     made = state.catch_up()  # the live backlog, before the first client asks
     if made:
         logger.info("live traffic: %d sessions in the backlog", made)
@@ -176,13 +219,14 @@ async def serve(state: EmulatorState, host: str, port: int, port_file: Path | No
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         bound_port = runner.addresses[0][1]
         if port_file is not None:
             _write_atomically(port_file, f"{bound_port}\n")
         logger.info(
-            "listening on http://%s:%d (partners %s, clock %s at speed %g)",
+            "listening on %s://%s:%d (partners %s, clock %s at speed %g)",
+            "https" if ssl_context is not None else "http",
             host,
             bound_port,
             ",".join(map(str, state.partners)),

@@ -6,12 +6,13 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -26,6 +27,13 @@ from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+
+def _as_is(d: Any) -> Any:
+    return d
+
+
 SERVICE_PATH = "/services/activityservice.asmx"
 COMPLETED_SESSIONS = "PartnerCompletedSessions"
 SESSION_COUNTS = "PartnerSessionCounts"
@@ -99,8 +107,14 @@ class GlanceClient:
     def partner_id(self) -> int:
         return self._partner.id
 
-    async def call(self, operation: str, params: dict[str, Any]) -> Any:
-        """One web method, retried per the house policy; returns the unwrapped ``d``."""
+    async def call(
+        self, operation: str, params: dict[str, Any], shape: Callable[[Any], T] = _as_is
+    ) -> T:
+        """One web method, retried per the house policy; returns ``shape(d)``.
+
+        ``shape`` checks the answer inside the attempt, so a wrong-shaped ``d`` is retried
+        like any other transient fault.
+        """
 
         def note_retry(error: BaseException, delay: float, attempt: int) -> None:
             reason = getattr(error, "reason", "unknown")
@@ -110,7 +124,7 @@ class GlanceClient:
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
-                return await self._call_once(operation, params)
+                return shape(await self._call_once(operation, params))
         raise AssertionError("unreachable: retrying re-raises the last error")
 
     async def _call_once(self, operation: str, params: dict[str, Any]) -> Any:
@@ -142,11 +156,19 @@ class GlanceClient:
         except aiohttp.ClientPayloadError as exc:
             outcome = "truncated"
             raise RetriableUpstreamError("truncated", f"{operation}: {exc}") from None
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+        except aiohttp.ClientConnectorCertificateError as exc:
             outcome = "tls"
-            # Retried like any transient fault (a certificate can be renewed), loudly.
+            # Retried like any transient fault (a certificate can be renewed); /readyz says so.
             raise RetriableUpstreamError(
-                "tls", f"{operation}: TLS failure (certificate verify failed?): {exc}"
+                "tls",
+                f"{operation}: the service's certificate could not be verified "
+                f"({exc.certificate_error}); if it is signed by a private CA set "
+                "glance.ca_file to that CA's PEM bundle",
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            outcome = "tls"
+            raise RetriableUpstreamError(
+                "tls", f"{operation}: TLS handshake failed: {exc.os_error}"
             ) from None
         except aiohttp.ClientError as exc:
             outcome = "connection"
@@ -190,7 +212,9 @@ class GlanceClient:
             await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
         return self.clock.latest or datetime.now(UTC)
 
-    async def session_counts(self, window: Window, *, status: str, kind: str = "") -> Any:
+    async def session_counts(
+        self, window: Window, *, status: str, kind: str = "", shape: Callable[[Any], T] = _as_is
+    ) -> T:
         return await self.call(
             SESSION_COUNTS,
             {
@@ -199,6 +223,7 @@ class GlanceClient:
                 "startRange": to_request(window.start),
                 "endRange": to_request(window.end),
             },
+            shape,
         )
 
     async def session_pages(
@@ -210,16 +235,17 @@ class GlanceClient:
         """
         paginator = Paginator(start_token)
         while not paginator.finished:
-            d = await self.call(
+            token = paginator.token
+            page = await self.call(
                 operation,
                 {
                     "startRange": to_request(window.start),
                     "endRange": to_request(window.end),
                     "sessionKey": "",
                     "nResults": page_size,
-                    "nextId": paginator.token,
+                    "nextId": token,
                 },
+                functools.partial(parse_session_page, request_token=token),
             )
-            page = parse_session_page(d, paginator.token)
             yield page
             paginator.advance(page.next_token)

@@ -109,7 +109,7 @@ class CompletedStream:
                     after = Cursor(cursor.scanned_until, Scan(window, page.next_token))
                 summary.delivered.add(
                     await self._feed.deliver(
-                        page.records, "completed", COMPLETED_SESSIONS, {STREAM: after}
+                        page.records, "completed", COMPLETED_SESSIONS, {STREAM: after}, window
                     )
                 )
                 cursor = after

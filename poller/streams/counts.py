@@ -68,8 +68,8 @@ class CountsStream:
         now = (await self._client.server_now()).replace(microsecond=0)
         midnight = floor_to(now, timedelta(days=1))
         day = Window(midnight, midnight + timedelta(days=1))
-        active = count_rows(await self._client.session_counts(day, status="A"))
-        completed = count_rows(await self._client.session_counts(day, status="C"))
+        active = await self._client.session_counts(day, status="A", shape=count_rows)
+        completed = await self._client.session_counts(day, status="C", shape=count_rows)
         await self._publisher.publish(
             [self._builder.counts(CountsSnapshot(now, day, active, completed))]
         )

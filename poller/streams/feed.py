@@ -8,15 +8,20 @@ started event here, published and acknowledged before its completed event.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
+import orjson
+
 from poller import metrics
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, EventType
-from poller.glance.dates import parse_returned
+from poller.glance.dates import parse_returned, to_event
+from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
 from poller.publisher import Publisher
 from poller.state import Cursor, StateStore
@@ -45,13 +50,36 @@ def record_id(record: SourceRecord) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _start_of(record: SourceRecord) -> datetime:
+def memory_key(record: SourceRecord) -> int:
+    """What the state remembers a record by: its id, or for a record without a usable id a
+    negative hash of its content (never equal to a real id), so that it too is handled once
+    and counted in its start-time bucket."""
+    session_id = record_id(record)
+    if session_id is not None:
+        return session_id
+    content = orjson.dumps(record.raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    # The same record may come back with its dates in the other wire form.
+    canonical = _ASMX_DATE.sub(_iso_date, content.decode())
+    return -(int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:8], "big") >> 1) - 1
+
+
+_ASMX_DATE = re.compile(r'"/Date\((-?\d+)(?:[+-]\d{4})?\)/"')
+
+
+def _iso_date(match: re.Match[str]) -> str:
+    try:
+        return f'"{to_event(parse_returned(match.group(0)[1:-1]))}"'
+    except ValueError:
+        return match.group(0)
+
+
+def _start_of(record: SourceRecord, listed_in: Window | None) -> datetime:
     raw = record.raw
     try:
         return parse_returned(raw.get("startTime") if isinstance(raw, dict) else None)
     except ValueError:
-        # Unknown start: remembered as of now, so the id leaves the state after the horizon.
-        return datetime.now(UTC)
+        # Upstream listed it in this window, so its start lies inside it.
+        return listed_in.start if listed_in is not None else datetime.now(UTC)
 
 
 class PartnerFeed:
@@ -71,17 +99,16 @@ class PartnerFeed:
         stream: EventType,
         operation: str,
         cursors: Mapping[str, Cursor] | None = None,
+        listed_in: Window | None = None,
     ) -> Delivered:
         counts = Delivered(records=len(records))
-        already = self._state.already_emitted(
-            self.partner_id, stream, [i for i in map(record_id, records) if i is not None]
-        )
+        already = self._state.already_emitted(self.partner_id, stream, map(memory_key, records))
         fresh: list[tuple[SourceRecord, Event]] = []
         dead: list[Event] = []
         remembered: list[tuple[int, datetime]] = []
         for record in records:
-            session_id = record_id(record)
-            if session_id is not None and session_id in already:
+            key = memory_key(record)
+            if key in already:
                 counts.duplicates += 1
                 continue
             try:
@@ -91,13 +118,11 @@ class PartnerFeed:
                     event = self._builder.started(record, observed_active=True)
             except BadRecord as exc:
                 dead.append(self._builder.dead_letter(record, exc.reason, operation))
-                if session_id is not None:
-                    # Remembered like an event: the same bad record is dead-lettered once.
-                    remembered.append((session_id, _start_of(record)))
-                    already.add(session_id)
+                # Remembered like an event: the same bad record is dead-lettered once.
+                remembered.append((key, _start_of(record, listed_in)))
+                already.add(key)
                 continue
-            if session_id is not None:
-                already.add(session_id)
+            already.add(key)
             fresh.append((record, event))
         started_first = self._started_for(fresh) if stream == "completed" else []
         if started_first:

@@ -107,7 +107,7 @@ class ReconcileSweep:
 
     async def _completed_count(self, window: Window, summary: SweepSummary) -> int:
         summary.counts_calls += 1
-        return total_count(await self._client.session_counts(window, status="C"))
+        return await self._client.session_counts(window, status="C", shape=total_count)
 
     async def tick(self) -> SweepSummary:
         summary = SweepSummary()
@@ -160,7 +160,11 @@ class ReconcileSweep:
         pages = self._client.session_pages(COMPLETED_SESSIONS, bucket, self._page_size)
         try:
             async for page in pages:
-                found.add(await self._feed.deliver(page.records, "completed", COMPLETED_SESSIONS))
+                found.add(
+                    await self._feed.deliver(
+                        page.records, "completed", COMPLETED_SESSIONS, listed_in=bucket
+                    )
+                )
         except RepeatedPageToken as exc:
             log.warning("upstream repeated a page token during a rescan", next_id=exc.token)
         finally:
@@ -174,7 +178,9 @@ class ReconcileSweep:
         if done is not None and edge > done.scanned_until:
             for window in split_window(Window(done.scanned_until, edge), self._max_window):
                 summary.counts_calls += 1
-                still_open = total_count(await self._client.session_counts(window, status="A"))
+                still_open = await self._client.session_counts(
+                    window, status="A", shape=total_count
+                )
                 if still_open:
                     summary.beyond_horizon += still_open
                     log.warning(

@@ -81,7 +81,9 @@ class StartedStream:
         try:
             async for page in pages:
                 summary.pages += 1
-                summary.delivered.add(await self._feed.deliver(page.records, "started", operation))
+                summary.delivered.add(
+                    await self._feed.deliver(page.records, "started", operation, listed_in=window)
+                )
                 if self._stopping.is_set():
                     break
         except RepeatedPageToken as exc:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -270,3 +271,33 @@ def log_events(text: str, event: str, **match: Any) -> list[dict[str, Any]]:
         if entry.get("event") == event and all(entry.get(k) == v for k, v in match.items()):
             found.append(entry)
     return found
+
+
+def operator_port(log: str) -> int | None:
+    """The metrics/health port a running daemon announced in its start line."""
+    started = log_events(log, "glance-poller started")
+    return started[-1].get("metrics_port") if started else None
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        head, _, rest = series.partition("{")
+        if head != name:
+            continue
+        pairs = dict(p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+        if all(pairs.get(k, "").strip('"') == v for k, v in labels.items()):
+            total += float(value)
+    return total

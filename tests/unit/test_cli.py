@@ -84,6 +84,9 @@ def test_state_show_and_reset(tmp_path: Path) -> None:
     reset = run("state", "reset", "--yes", env=env)
     assert reset.returncode == 0 and "reset 1 cursor(s)" in reset.stdout
     assert '"streams": []' in run("state", "show", env=env).stdout
+    config = tmp_path / "poller.toml"
+    config.write_text(f'[state]\npath = "{state}"\n')
+    assert '"streams": []' in run("state", "show", "--config", str(config)).stdout
 
 
 @pytest.mark.parametrize(

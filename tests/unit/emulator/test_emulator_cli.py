@@ -6,14 +6,17 @@ import argparse
 import asyncio
 import os
 import signal
+import ssl
 import sys
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from emulator_testkit import SERVICE, T0
 
+from poller.emulator.__main__ import main as emulator_main
 from poller.emulator.cli import add_arguments, build_state, run
 from poller.emulator.dataset import SEED_SAMPLE_PATH
 
@@ -125,3 +128,86 @@ async def test_the_server_process_starts_answers_and_stops_cleanly(tmp_path: Pat
     assert "POST /services/activityservice.asmx/PartnerSessionCounts 200" in log
     assert "very-secret-key" not in log
     assert not port_file.exists()  # removed on the way out
+
+
+def test_tls_cert_and_key_go_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("poller.emulator.cli._configure_logging", lambda level: None)
+    pem = tmp_path / "any.pem"
+    for argv in (["--tls-cert", str(pem)], ["--tls-key", str(pem)]):
+        with pytest.raises(SystemExit) as exited:
+            emulator_main(argv)
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("usage: python -m poller.emulator")
+        assert "--tls-cert and --tls-key go together" in error
+    assert parse().tls_cert is None and parse().tls_key is None
+
+
+def test_an_unusable_certificate_exits_with_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("poller.emulator.cli._configure_logging", lambda level: None)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    cert, key, other_key = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "other.pem"
+    server.cert_chain_pems[0].write_to_path(cert)
+    server.private_key_pem.write_to_path(key)
+    ca.issue_cert("localhost").private_key_pem.write_to_path(other_key)
+    assert run(parse("--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key))) == 2
+    assert run(parse("--tls-cert", str(cert), "--tls-key", str(other_key))) == 2  # not its key
+
+
+async def test_the_server_process_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    with chain.open("wb") as out:
+        for blob in server.cert_chain_pems:
+            out.write(blob.bytes())
+    server.private_key_pem.write_to_path(key)
+    port_file = tmp_path / "port"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poller.emulator",
+        "--port", "0",
+        "--port-file", str(port_file),
+        "--tls-cert", str(chain),
+        "--tls-key", str(key),
+        "--clock-start", "2024-03-15T12:00:00Z",
+        "--clock-speed", "0",
+        cwd=REPO,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        for _ in range(400):
+            if port_file.exists() or process.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert port_file.exists(), "the emulator did not start"
+        port = port_file.read_text().strip()
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://127.0.0.1:{port}/admin/health", ssl=trusting) as answer:
+                assert await answer.json() == {"ok": True}
+            # The certificate is the one given: a client without the CA refuses it.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with http.get(f"https://127.0.0.1:{port}/admin/health"):
+                    pass
+            # And nothing answers in plain HTTP on that port.
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/admin/health") as answer:
+                    await answer.read()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stderr is not None
+    log = (await process.stderr.read()).decode()
+    assert f"listening on https://127.0.0.1:{port}" in log
+    assert "GET /admin/health 200" in log
+    assert not port_file.exists()
