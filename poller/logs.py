@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -53,6 +54,42 @@ class SecretRedactor:
 
 
 redactor = SecretRedactor()
+
+
+class OncePerInterval(logging.Filter):
+    """Lets a library's repeated message through once per interval: an outage is said once,
+    not every second by every reconnect attempt."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self._last.get(key, -self._seconds) < self._seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
+class _LibraryRepeats(logging.Filter):
+    """Rate-limits the records of third-party loggers only; ours are already said once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._once = OncePerInterval()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # structlog's own records carry a dict, and are ours: only plain library text is
+        # rate-limited.
+        if record.name.startswith("poller") or not isinstance(record.msg, str):
+            return True
+        return self._once.filter(record)
+
+
+_library_repeats = _LibraryRepeats()
 
 
 def _orjson_dumps(value: MutableMapping[str, Any], **_: Any) -> str:
@@ -105,6 +142,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     # Library chatter below warning is noise for operators; ours follows the configured level.
     for noisy in ("aiokafka", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
+    handler.addFilter(_library_repeats)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

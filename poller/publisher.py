@@ -10,7 +10,8 @@ import asyncio
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -71,6 +72,12 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _InFlight:
+    event: Event
+    future: asyncio.Future[Any] | None = None
+
+
 class KafkaPublisher:
     """Sends batches and waits for every acknowledgement.
 
@@ -113,21 +120,65 @@ class KafkaPublisher:
     async def publish(self, events: Sequence[Event]) -> None:
         """Return once every event is acknowledged; raise PublishFailed only on shutdown
         (or, without ``retry_forever``, after the policy's attempts)."""
-        pending = list(events)
+        if not events:
+            return  # nothing was asked of Kafka, so nothing is learnt about it either
+        # One delivery future per event: a future still pending is awaited again, never
+        # replaced, so an attempt that runs out of patience re-sends nothing twice.
+        inflight = [_InFlight(event) for event in events]
         async for attempt in retrying(
             self._retry, (PublishFailed,), self._note_retry, until=self._until
         ):
             with attempt:
-                pending, reason, error = await self._send(pending)
-                if pending:
-                    self._health.broker_failed()
-                    metrics.PRODUCE_ERRORS.labels(reason).inc()
-                    detail = f"{len(pending)} event(s) not acknowledged: {error}"
-                    raise PublishFailed(reason, detail)
+                inflight = await self._attempt(inflight)
         self._health.broker_answered()
         if self._failing:
             log.info("kafka acknowledges again")
         self._failing = False
+
+    async def _attempt(self, inflight: list[_InFlight]) -> list[_InFlight]:
+        """Send what has no live future and wait up to the request timeout for the acks;
+        raise PublishFailed if anything is still unacknowledged (``inflight`` stays current)."""
+        started = time.perf_counter()
+        try:
+            producer = await self._ensure_started()
+            for item in inflight:
+                if item.future is None:
+                    item.future = await producer.send(
+                        item.event.topic,
+                        item.event.value,
+                        key=item.event.key,
+                        headers=item.event.headers,
+                    )
+        except KafkaError as exc:
+            self._failed("send", f"{type(exc).__name__}: {exc}", inflight)
+        except PublishFailed as exc:
+            self._failed(exc.reason, str(exc), inflight)
+        futures = [item.future for item in inflight if item.future is not None]
+        metrics.UNACKED.set(len(futures))
+        await asyncio.wait(futures, timeout=self._settings.request_timeout_ms / 1000)
+        remaining: list[_InFlight] = []
+        error: BaseException | None = None
+        for item in inflight:
+            future = item.future
+            if future is not None and future.done() and future.exception() is None:
+                continue
+            if future is not None and future.done():
+                error = future.exception()
+                item.future = None  # failed for good: send it again
+            remaining.append(item)
+        metrics.UNACKED.set(len(remaining))
+        if remaining:
+            reason = "ack" if error is not None else "timeout"
+            detail = f"{type(error).__name__}: {error}" if error else "no acknowledgement in time"
+            inflight[:] = remaining
+            self._failed(reason, detail, remaining)
+        metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        return remaining
+
+    def _failed(self, reason: str, detail: str, pending: list[_InFlight]) -> NoReturn:
+        self._health.broker_failed()
+        metrics.PRODUCE_ERRORS.labels(reason).inc()
+        raise PublishFailed(reason, f"{len(pending)} event(s) not acknowledged: {detail}")
 
     def _note_retry(self, error: BaseException, delay: float, attempt: int) -> None:
         """Says "failing" once and "recovered" once, never per retry."""
@@ -136,40 +187,6 @@ class KafkaPublisher:
             log.warning("kafka is not acknowledging; retrying until it does", error=str(error))
         self._failing = True
         log.debug("retrying", target="kafka", error=str(error), delay=round(delay, 2))
-
-    async def _send(self, events: list[Event]) -> tuple[list[Event], str, str]:
-        """Send all, await all; return what was not acknowledged, a reason word and the error."""
-        if not events:
-            return [], "", ""
-        try:
-            producer = await self._ensure_started()
-        except PublishFailed as exc:
-            return events, exc.reason, str(exc)
-        started = time.perf_counter()
-        futures: list[asyncio.Future[Any]] = []
-        reason = error = ""
-        metrics.UNACKED.inc(len(events))
-        try:
-            for event in events:
-                futures.append(
-                    await producer.send(
-                        event.topic, event.value, key=event.key, headers=event.headers
-                    )
-                )
-        except KafkaError as exc:
-            reason, error = "send", f"{type(exc).__name__}: {exc}"
-        # Whatever was handed over is awaited; what failed or was never sent is returned.
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        metrics.UNACKED.dec(len(events))
-        failed = [e for e, r in zip(events, results, strict=False) if isinstance(r, BaseException)]
-        failed.extend(events[len(futures) :])
-        if not error:
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                reason, error = "ack", f"{type(errors[0]).__name__}: {errors[0]}"
-        if not failed:
-            metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
-        return failed, reason, error
 
     async def ping(self, limit_seconds: float) -> bool:
         """Ask Kafka for metadata: the broker answers, or it does not."""

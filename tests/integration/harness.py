@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 PYTHON = sys.executable
 PARTNER_ID = 12345
@@ -217,8 +217,11 @@ def consume(
     idle: float = 2.0,
     timeout: float = 90.0,
 ) -> list[Consumed]:
-    """Everything on ``topic`` from the beginning: until ``expect`` records have arrived
-    (then ``idle`` more seconds, to catch extras), or until nothing new comes for ``idle``."""
+    """Everything on ``topic``, from the beginning to its end offsets at the time of reading.
+
+    With ``expect``: wait (up to ``timeout``) until that many records are there, then wait
+    ``idle`` more seconds and read to the end again, so that extras are caught too.
+    """
     return asyncio.run(_consume(bootstrap, topic, expect, idle, timeout))
 
 
@@ -226,34 +229,66 @@ async def _consume(
     bootstrap: str, topic: str, expect: int | None, idle: float, limit: float
 ) -> list[Consumed]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     records: list[Consumed] = []
+    deadline = time.monotonic() + limit
     try:
-        deadline = time.monotonic() + limit
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                for m in messages:
-                    records.append(
-                        Consumed(
-                            m.topic,
-                            m.key.decode() if m.key is not None else None,
-                            {k: v.decode() for k, v in m.headers},
-                            orjson.loads(m.value),
-                            m.offset,
-                            m.timestamp,
-                        )
-                    )
-                    quiet_since = time.monotonic()
-            enough = expect is not None and len(records) >= expect
-            if (expect is None or enough) and time.monotonic() - quiet_since >= idle:
+        partitions: list[TopicPartition] = []
+        while not partitions:
+            # A fresh metadata fetch: the consumer's own cache only knows assigned topics.
+            cluster = await consumer._client.fetch_all_metadata()
+            found = cluster.partitions_for_topic(topic) or set()
+            partitions = [TopicPartition(topic, p) for p in sorted(found)]
+            if partitions or expect is None or time.monotonic() > deadline:
                 break
+            await asyncio.sleep(0.2)
+        if not partitions:
+            return records
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        waited_idle = False
+        while True:
+            await _read_to_end(consumer, partitions, records, deadline)
+            if expect is None or time.monotonic() > deadline:
+                break
+            if len(records) >= expect:
+                if waited_idle or not idle:
+                    break
+                await asyncio.sleep(idle)
+                waited_idle = True
+                continue
+            await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
     return records
+
+
+async def _read_to_end(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    records: list[Consumed],
+    deadline: float,
+) -> None:
+    end = await consumer.end_offsets(partitions)
+    while time.monotonic() < deadline:
+        positions = [await consumer.position(tp) for tp in partitions]
+        if all(pos >= end[tp] for pos, tp in zip(positions, partitions, strict=True)):
+            return
+        batch = await consumer.getmany(timeout_ms=500)
+        for messages in batch.values():
+            records.extend(
+                Consumed(
+                    m.topic,
+                    m.key.decode() if m.key is not None else None,
+                    {k: v.decode() for k, v in m.headers},
+                    orjson.loads(m.value),
+                    m.offset,
+                    m.timestamp,
+                )
+                for m in messages
+            )
 
 
 def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> int:

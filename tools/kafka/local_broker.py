@@ -221,7 +221,7 @@ class LocalBroker:
         (The default release version, 4.1-IV1, is past 3.5-IV2, which SCRAM in KRaft needs.)
         """
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        args = ["format", "-t", cluster_id, "-c", str(properties)]
+        args = ["format", f"--cluster-id={cluster_id}", "-c", str(properties)]
         for name, password in (self.sasl_users or {}).items():
             for mechanism in SASL_MECHANISMS[1:]:
                 args += ["--add-scram", _scram_credential(mechanism, name, password)]
