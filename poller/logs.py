@@ -17,6 +17,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
+MIN_SECRET = 6
 
 
 class SecretRedactor:
@@ -27,8 +28,9 @@ class SecretRedactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is replaced whole.
-        merged = {s for s in (*self._secrets, *secrets) if s}
+        # Longest first, so a secret that contains another is replaced whole. Values shorter
+        # than MIN_SECRET are no real credential, and replacing them would shred every line.
+        merged = {s for s in (*self._secrets, *secrets) if len(s) >= MIN_SECRET}
         self._secrets = sorted(merged, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:

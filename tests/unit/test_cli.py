@@ -102,3 +102,111 @@ def test_state_show_and_reset(tmp_path: Path) -> None:
 def test_help(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 0 and "usage: glance-poller" in result.stdout
+
+
+def _daemon_env(state: Path) -> dict[str, str]:
+    # Nothing listens at these addresses: exit 4 must come before any connection.
+    return {
+        "GLANCE_PARTNER_ID": "1",
+        "GLANCE_API_KEY": "unit-test-key-4b1d",
+        "POLLER_STATE_PATH": str(state),
+        "GLANCE_BASE_URL": "http://127.0.0.1:9",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    }
+
+
+def _valid_state(path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from poller.state import Cursor, StateStore
+
+    store = StateStore.open(path)
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = [(i, moment) for i in range(1, 5000)]
+    store.commit(1, cursors={"completed": Cursor(moment)}, emitted={"completed": ids})
+    store.close()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _newer(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+
+
+def _scribble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_truncate, "damaged"),
+        (_scribble, "damaged"),
+        (_newer, "newer glance-poller"),
+    ],
+)
+def test_an_unusable_state_file_stops_the_daemon_with_exit_4(
+    tmp_path: Path, damage: object, says: str
+) -> None:
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    damage(state)  # type: ignore[operator]
+    before = state.read_bytes()
+    result = run("run", env=_daemon_env(state))
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert str(state) in result.stdout and says in result.stdout
+    assert "state show" in result.stdout or "newer glance-poller" in result.stdout
+    assert state.read_bytes() == before, "the state file must never be overwritten"
+
+
+def test_a_locked_state_file_stops_a_second_daemon_with_exit_4(tmp_path: Path) -> None:
+    from poller.state import StateStore
+
+    state = tmp_path / "state.sqlite3"
+    holder = StateStore.open(state)
+    try:
+        result = run("run", env=_daemon_env(state))
+        assert result.returncode == 4
+        assert "locked by another glance-poller process" in result.stdout
+        assert str(state) in result.stdout
+    finally:
+        holder.close()
+
+
+def test_every_configuration_problem_at_once_before_any_connection(tmp_path: Path) -> None:
+    config = tmp_path / "poller.toml"
+    config.write_text(
+        "[glance]\n"
+        'base_url = "glance.net/no-scheme"\n'
+        "[completed]\n"
+        "interval = -5\n"
+        "[kafka]\n"
+        'bootstrap = "typo-for-bootstrap_servers"\n'
+        "[[partners]]\n"
+        'api_key_file = "/nonexistent/glance.key"\n'
+        "[[partners]]\n"
+        "id = 2\n"
+        f'api_key_file = "{tmp_path / "missing.key"}"\n'
+    )
+    result = run("run", "--config", str(config), env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    assert result.returncode == 2
+    problems = [
+        line.strip() for line in result.stderr.splitlines() if line.strip().startswith("- ")
+    ]
+    keys = {line[2:].split(":", 1)[0] for line in problems}
+    assert keys == {"glance.base_url", "completed.interval", "kafka.bootstrap", "partners[0].id"}
+    # The unreadable key file is reported once the shape is valid (a second run, fixed shape).
+    config.write_text(f'[[partners]]\nid = 2\napi_key_file = "{tmp_path / "missing.key"}"\n')
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "partners[0].api_key_file: cannot read" in result.stderr

@@ -86,3 +86,10 @@ def test_secrets_are_redacted_everywhere_including_tracebacks() -> None:
     assert lines[0]["body"] == '{"apiKey": "[REDACTED]"}'
     assert "RuntimeError: failed with [REDACTED]" in lines[1]["exception"]
     assert lines[2]["event"] == "library says [REDACTED]"
+
+
+def test_values_too_short_to_be_credentials_are_left_alone() -> None:
+    redactor = logs.SecretRedactor(["k", "abc", "long-enough-secret"])
+    assert redactor.scrub("locked by another process: long-enough-secret") == (
+        "locked by another process: [REDACTED]"
+    )
