@@ -120,6 +120,8 @@ class PollerRun:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # More partners beside the main one: id -> API key.
     other_partners: dict[int, str] = field(default_factory=dict)
+    # More environment for the daemon (secrets that config files must not hold).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -159,6 +161,7 @@ class PollerRun:
             if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
         }
         env.update({f"IT_KEY_{pid}": key for pid, key in self._keys().items()})
+        env.update(self.extra_env)
         return env
 
     def _keys(self) -> dict[int, str]:
