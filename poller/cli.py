@@ -11,9 +11,12 @@ from pathlib import Path
 import orjson
 
 from poller import logs
+from poller.backfill import add_arguments as backfill_arguments
+from poller.check import add_arguments as check_arguments
 from poller.emulator import cli as emulator_cli
-from poller.errors import EXIT_FAILURE, EXIT_OK, ConfigError, PollerError, StateError
+from poller.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, PollerError, StateError
 from poller.settings import Config, load_config
+from poller.state import Cursor, StateStore, parse_cli_date
 
 log = logs.get_logger("poller.cli")
 STREAMS = ("completed", "started", "reconcile")
@@ -39,31 +42,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_state(args: argparse.Namespace) -> int:
-    from poller.state import StateStore
-
     config = _load(args, need_credentials=False)
     store = StateStore.open(config.settings.state.path)
     try:
         if args.state_command == "show":
             print(orjson.dumps(store.snapshot(), option=orjson.OPT_INDENT_2).decode())
             return EXIT_OK
+        if args.to is not None:
+            return _move_cursor(store, config, args)
         scope = f"partner {args.partner}" if args.partner else "every partner"
         scope += f", stream {args.stream}" if args.stream else ", every stream"
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print(
-                    "refusing to reset without --yes (no terminal to confirm on)", file=sys.stderr
-                )
-                return EXIT_FAILURE
-            answer = input(f"Forget the cursors and emitted ids of {scope}? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("nothing changed")
-                return EXIT_OK
+        answer = _confirm(args, f"Forget the cursors and emitted ids of {scope}?")
+        if answer is not None:
+            return answer
         removed = store.reset(args.partner, args.stream)
         print(f"reset {removed} cursor(s) of {scope}")
         return EXIT_OK
     finally:
         store.close()
+
+
+def _confirm(args: argparse.Namespace, question: str) -> int | None:
+    """None to go ahead; otherwise the exit code for not going ahead."""
+    if args.yes:
+        return None
+    if not sys.stdin.isatty():
+        print("refusing without --yes (no terminal to confirm on)", file=sys.stderr)
+        return EXIT_FAILURE
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return None
+    print("nothing changed")
+    return EXIT_OK
+
+
+def _move_cursor(store: StateStore, config: Config, args: argparse.Namespace) -> int:
+    """Set the completed stream's cursor: the next scan starts there (ids already emitted
+    inside the horizon are still not emitted again)."""
+    try:
+        moment = parse_cli_date(args.to)
+    except ValueError as exc:
+        print(f"glance-poller: --to: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.partner:
+        partners = [args.partner]
+    else:
+        configured = {p.id for p in config.settings.partners}
+        partners = sorted(configured | set(store.partners("completed")))
+    if not partners:
+        print("no partner to move: none configured and none in the state", file=sys.stderr)
+        return EXIT_FAILURE
+    names = ", ".join(map(str, partners))
+    answer = _confirm(args, f"Move the completed cursor of partner(s) {names} to {moment}?")
+    if answer is not None:
+        return answer
+    for partner in partners:
+        store.commit(partner, cursors={"completed": Cursor(moment)})
+    print(f"moved the completed cursor of partner(s) {names} to {moment.isoformat()}")
+    return EXIT_OK
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -86,6 +121,19 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
     return emulator_cli.run(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from poller import check
+
+    return check.run(args, _config_path(args))
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from poller import backfill
+
+    config = _load(args, need_credentials=True)
+    return backfill.run(args, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     reset = with_config(state_commands.add_parser("reset", help="forget cursors and emitted ids"))
     reset.add_argument("--partner", type=int, help="only this partner")
     reset.add_argument("--stream", choices=STREAMS, help="only this stream")
+    reset.add_argument(
+        "--to",
+        metavar="DATE",
+        help="instead of forgetting, move the completed cursor to DATE (ISO; no zone = UTC)",
+    )
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     state.set_defaults(handler=_cmd_state)
 
@@ -121,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--partner", type=int, help="only this partner's events")
     tail.add_argument("--max-events", type=int, help="stop after this many events")
     tail.set_defaults(handler=_cmd_tail)
+
+    check = with_config(
+        commands.add_parser("check", help="verify config, credentials, Kafka and topics (0/1)")
+    )
+    check_arguments(check)
+    check.set_defaults(handler=_cmd_check)
+
+    backfill = with_config(
+        commands.add_parser("backfill", help="replay a past range into the same topics")
+    )
+    backfill_arguments(backfill)
+    backfill.set_defaults(handler=_cmd_backfill)
 
     emulator = commands.add_parser("emulator", help="run the local Glance Activity Service")
     emulator_cli.add_arguments(emulator)

@@ -184,7 +184,7 @@ class KafkaPublisher:
         """Says "failing" once and "recovered" once, never per retry."""
         metrics.RETRIES.labels("", "kafka", getattr(error, "reason", "unknown")).inc()
         if not self._failing:
-            log.warning("kafka is not acknowledging; retrying until it does", error=str(error))
+            log.warning("kafka is not acknowledging; retrying", error=str(error))
         self._failing = True
         log.debug("retrying", target="kafka", error=str(error), delay=round(delay, 2))
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import random
 import signal
-import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -36,12 +35,12 @@ from poller.errors import (
     UnknownOperation,
 )
 from poller.events import EventBuilder, PiiPolicy
-from poller.glance.client import GlanceClient
+from poller.glance.client import GlanceClient, upstream_tls
 from poller.health import Health
 from poller.logs import get_logger
 from poller.publisher import KafkaPublisher
 from poller.server import OperatorServer
-from poller.settings import Config, GlanceSettings, Partner
+from poller.settings import Config, Partner
 from poller.state import StateStore
 from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
@@ -66,15 +65,6 @@ class PartnerRun:
     halted: asyncio.Event = field(default_factory=asyncio.Event)
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     auth_failed: bool = False
-
-
-def _upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
-    """Verification on by default; a private CA replaces the system's; off only by choice."""
-    if not glance.verify_tls:
-        return False
-    if glance.ca_file is not None:
-        return ssl.create_default_context(cafile=str(glance.ca_file))
-    return True
 
 
 class Service:
@@ -135,7 +125,7 @@ class Service:
                 loop.add_signal_handler(sig, self.request_stop)
         watcher: asyncio.Task[None] | None = None
         try:
-            connector = aiohttp.TCPConnector(ssl=_upstream_tls(settings.glance))
+            connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))
             async with aiohttp.ClientSession(connector=connector) as http:
                 self._partners = [
                     self._partner_run(http, p, publisher, state) for p in self._config.partners

@@ -244,6 +244,12 @@ class StateStore:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
+    def partners(self, stream: str) -> list[int]:
+        rows = self._db.execute(
+            "SELECT partner_id FROM cursors WHERE stream = ? ORDER BY partner_id", (stream,)
+        )
+        return [int(row[0]) for row in rows]
+
     def reset(self, partner_id: int | None = None, stream: str | None = None) -> int:
         """Forget cursors and emitted ids (all, or one partner's, or one stream's)."""
         where, params = _scope(partner_id, stream)
@@ -288,6 +294,15 @@ class StateStore:
                 }
             )
         return {"path": str(self.path), "meta": meta, "streams": streams}
+
+
+def parse_cli_date(text: str) -> datetime:
+    """A date or date-time from the command line; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO date or date-time: {text!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _scope(partner_id: int | None, stream: str | None) -> tuple[str, tuple[Any, ...]]:

@@ -7,6 +7,7 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 from __future__ import annotations
 
 import functools
+import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -37,6 +38,15 @@ def _as_is(d: Any) -> Any:
 SERVICE_PATH = "/services/activityservice.asmx"
 COMPLETED_SESSIONS = "PartnerCompletedSessions"
 SESSION_COUNTS = "PartnerSessionCounts"
+
+
+def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
+    """Verification on by default; a private CA replaces the system's; off only by choice."""
+    if not glance.verify_tls:
+        return False
+    if glance.ca_file is not None:
+        return ssl.create_default_context(cafile=str(glance.ca_file))
+    return True
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import API_KEY, PARTNER_ID, Emulator, PollerRun, Topics
+from tests.integration.harness import FROZEN_EMULATOR, Emulator, PollerRun, Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "kafka"))
@@ -40,24 +40,12 @@ def kafka_bootstrap() -> Iterator[str]:
         broker.cleanup()
 
 
-FROZEN_NOW = "2026-03-10T12:00:00Z"
-
-
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[Emulator]:
     """An emulator with a frozen clock: tests move time explicitly."""
     emu = Emulator(
         tmp_path,
-        "--partner",
-        f"{PARTNER_ID}:{API_KEY}",
-        "--seed",
-        "7",
-        "--clock-start",
-        FROZEN_NOW,
-        "--clock-speed",
-        "0",
-        "--traffic-rate",
-        "0",
+        *FROZEN_EMULATOR,
     )
     try:
         yield emu

@@ -23,6 +23,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 PYTHON = sys.executable
 PARTNER_ID = 12345
 API_KEY = "it-api-key-5f2b9c"
+FROZEN_NOW = "2026-03-10T12:00:00Z"
+# An emulator whose clock stands still: tests move time explicitly, never by sleeping.
+FROZEN_EMULATOR = (
+    "--partner", f"{PARTNER_ID}:{API_KEY}",
+    "--seed", "7",
+    "--clock-start", FROZEN_NOW,
+    "--clock-speed", "0",
+    "--traffic-rate", "0",
+)  # fmt: skip
 
 
 def wait_until(

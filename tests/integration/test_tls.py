@@ -16,6 +16,7 @@ import trustme
 
 from tests.integration.harness import (
     API_KEY,
+    FROZEN_EMULATOR,
     PARTNER_ID,
     Emulator,
     PollerRun,
@@ -25,7 +26,6 @@ from tests.integration.harness import (
 )
 
 SESSIONS = 6
-FROZEN_NOW = "2026-03-10T12:00:00Z"  # as the emulator fixture of conftest.py
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,7 @@ def https_emulator(tmp_path: Path, pki: Pki) -> Iterator[HttpsEmulator]:
     emu = HttpsEmulator(
         tmp_path,
         pki,
-        "--partner",
-        f"{PARTNER_ID}:{API_KEY}",
-        "--seed",
-        "7",
-        "--clock-start",
-        FROZEN_NOW,
-        "--clock-speed",
-        "0",
-        "--traffic-rate",
-        "0",
+        *FROZEN_EMULATOR,
     )
     try:
         yield emu

@@ -210,3 +210,17 @@ def test_every_configuration_problem_at_once_before_any_connection(tmp_path: Pat
     result = run("run", "--config", str(config))
     assert result.returncode == 2
     assert "partners[0].api_key_file: cannot read" in result.stderr
+
+
+def test_state_reset_to_moves_the_completed_cursor(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    env = {"POLLER_STATE_PATH": str(state)}
+    bad = run("state", "reset", "--to", "last tuesday", "--yes", env=env)
+    assert bad.returncode == 2 and "not an ISO date" in bad.stderr
+    moved = run("state", "reset", "--to", "2025-12-24T06:00:00", "--yes", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert "partner(s) 1 to 2025-12-24T06:00:00+00:00" in moved.stdout
+    shown = run("state", "show", env=env).stdout
+    assert '"scannedUntil": "2025-12-24T06:00:00+00:00"' in shown
+    assert '"emittedIds": 4999' in shown, "moving the cursor keeps the emitted ids"

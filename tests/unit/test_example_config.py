@@ -58,3 +58,42 @@ def test_the_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) ->
             assert getattr(getattr(loaded, section), key) == default, f"{section}.{key}"
             if isinstance(default, float) and isinstance(value, str):
                 assert parse_duration(value) == default
+
+
+README = EXAMPLE.parents[1] / "README.md"
+
+
+def readme_table(heading: str) -> list[list[str]]:
+    """The rows of the first table after ``heading`` in the README, as cell lists."""
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("| `"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_readme_documents_every_key_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = readme_table("## Configuration")
+    documented = {row[0].strip("`"): row[1] for row in rows}
+    assert set(documented) == model_keys()
+    example: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
+    for section, values in example.items():
+        if section == "partners":
+            continue
+        for key, value in values.items():
+            shown = documented[f"{section}.{key}"].strip("`")
+            assert tomllib.loads(f"v = {shown}")["v"] == value, f"{section}.{key}"
+
+
+def test_the_readme_documents_every_metric() -> None:
+    from poller import metrics
+
+    documented = {row[0].strip("`") for row in readme_table("## Metrics and health")}
+    registered = {family.name for family in metrics.REGISTRY.collect()}
+    # prometheus-client reports counters without their _total suffix.
+    names = {name.removesuffix("_total") for name in documented}
+    assert names == registered
