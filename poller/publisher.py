@@ -83,7 +83,7 @@ class KafkaPublisher:
 
     While Kafka is unavailable a batch is retried with the house backoff until it is
     acknowledged or shutdown begins: nothing upstream moves meanwhile (the caller holds its
-    page and its cursor), so at most one page per partner waits in memory.
+    page and its cursor, and fetches at most one page ahead), so memory stays bounded.
     """
 
     def __init__(

@@ -6,6 +6,7 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 import time
@@ -21,7 +22,7 @@ import orjson
 from poller import metrics
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
 from poller.glance.dates import to_request
-from poller.glance.paging import Paginator, Window
+from poller.glance.paging import Paginator, RepeatedPageToken, Window
 from poller.glance.records import SessionPage, parse_session_page
 from poller.logs import get_logger
 from poller.retry import retrying
@@ -241,12 +242,40 @@ class GlanceClient:
     ) -> AsyncGenerator[SessionPage, None]:
         """Pages of one window, following ``nextId`` from ``start_token``.
 
-        Raises RepeatedPageToken after yielding the page that repeated a token.
+        The next page is fetched while the caller handles the current one (publishes it,
+        waits for Kafka, commits), so upstream and Kafka latencies overlap; the caller still
+        sees pages strictly in order. Raises RepeatedPageToken after yielding the page that
+        repeated a token.
         """
         paginator = Paginator(start_token)
-        while not paginator.finished:
-            token = paginator.token
-            page = await self.call(
+        pending: asyncio.Task[SessionPage] | None = self._fetch_page(
+            operation, window, page_size, paginator.token
+        )
+        try:
+            while pending is not None:
+                page = await pending
+                pending = None
+                repeated: RepeatedPageToken | None = None
+                try:
+                    paginator.advance(page.next_token)
+                except RepeatedPageToken as exc:
+                    repeated = exc
+                if not paginator.finished:
+                    pending = self._fetch_page(operation, window, page_size, paginator.token)
+                yield page
+                if repeated is not None:
+                    raise repeated
+        finally:
+            if pending is not None:
+                pending.cancel()
+                # Retrieve its outcome so an abandoned prefetch never logs as unhandled.
+                await asyncio.gather(pending, return_exceptions=True)
+
+    def _fetch_page(
+        self, operation: str, window: Window, page_size: int, token: int
+    ) -> asyncio.Task[SessionPage]:
+        return asyncio.create_task(
+            self.call(
                 operation,
                 {
                     "startRange": to_request(window.start),
@@ -257,5 +286,4 @@ class GlanceClient:
                 },
                 functools.partial(parse_session_page, request_token=token),
             )
-            yield page
-            paginator.advance(page.next_token)
+        )

@@ -185,7 +185,7 @@ def test_the_broker_is_down_when_the_daemon_starts(
             "the first failed produce",
         )
         assert not ready(port)[0]
-        assert completed_calls(emulator) == 1, "one page is held, no more are fetched"
+        assert completed_calls(emulator) <= 2, "one page is held, one fetched ahead, no more"
         own_broker.start()
         wait_until(
             lambda: (
