@@ -18,6 +18,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiohttp
 import structlog
@@ -46,6 +47,7 @@ from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
 from poller.streams.counts import CountsStream
 from poller.streams.feed import PartnerFeed
+from poller.streams.open_sessions import OpenSessions
 from poller.streams.reconcile import ReconcileSweep
 from poller.streams.started import StartedStream
 
@@ -65,6 +67,7 @@ class PartnerRun:
     halted: asyncio.Event = field(default_factory=asyncio.Event)
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     auth_failed: bool = False
+    open_sessions: OpenSessions | None = None
 
 
 class Service:
@@ -175,8 +178,22 @@ class Service:
         feed = PartnerFeed(partner.id, builder, publisher, state)
         feed.started_enabled = settings.started.enabled
         run = PartnerRun(partner, client, feed)
+        # What the started stream saw open narrows how far the fast scan must look back.
+        open_sessions = None
+        if settings.started.enabled:
+            freshness = timedelta(seconds=max(60.0, 3 * settings.started.interval))
+            open_sessions = OpenSessions(freshness)
+        run.open_sessions = open_sessions
         run.streams.append(
-            CompletedStream(client, feed, state, settings.glance, settings.completed, run.halted)
+            CompletedStream(
+                client,
+                feed,
+                state,
+                settings.glance,
+                settings.completed,
+                run.halted,
+                open_sessions,
+            )
         )
         if settings.reconcile.enabled:
             run.streams.append(
@@ -193,7 +210,13 @@ class Service:
         if settings.started.enabled:
             run.streams.append(
                 StartedStream(
-                    client, feed, settings.glance, settings.started, settings.reconcile, run.halted
+                    client,
+                    feed,
+                    settings.glance,
+                    settings.started,
+                    settings.reconcile,
+                    run.halted,
+                    open_sessions,
                 )
             )
         if settings.counts.enabled:
@@ -281,6 +304,8 @@ class Service:
 
     def _disable_started(self, run: PartnerRun, operation: str) -> None:
         run.feed.started_enabled = False
+        if run.open_sessions is not None:
+            run.open_sessions.forget()
         run.streams = [s for s in run.streams if s.name != "started"]
         self.health.unwatch(run.partner.id, "started")
         log.warning(

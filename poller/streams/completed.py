@@ -19,6 +19,7 @@ from poller.logs import get_logger
 from poller.settings import CompletedStreamSettings, GlanceSettings
 from poller.state import Cursor, Scan, StateStore
 from poller.streams.feed import Delivered, PartnerFeed
+from poller.streams.open_sessions import OpenSessions
 
 log = get_logger(__name__)
 STREAM = "completed"
@@ -55,9 +56,11 @@ class CompletedStream:
         glance: GlanceSettings,
         settings: CompletedStreamSettings,
         stopping: asyncio.Event,
+        open_sessions: OpenSessions | None = None,
     ) -> None:
         self._client = client
         self._feed = feed
+        self._open_sessions = open_sessions
         self._state = state
         self._page_size = glance.page_size
         self._max_window = timedelta(seconds=glance.max_window)
@@ -84,7 +87,7 @@ class CompletedStream:
             if cursor.scan is None:
                 if cursor.scanned_until >= now:
                     break
-                span = Window(cursor.scanned_until - overlap, now)
+                span = Window(self._look_back_to(cursor.scanned_until, overlap), now)
                 first = split_window(span, self._max_window)[0]
                 cursor = Cursor(cursor.scanned_until, Scan(first, 0))
             cursor = await self._scan(cursor, summary)
@@ -92,6 +95,15 @@ class CompletedStream:
         lag = (now - cursor.scanned_until).total_seconds()
         metrics.CURSOR_LAG.labels(str(self.partner_id), STREAM).set(max(0.0, lag))
         return summary
+
+    def _look_back_to(self, previous_end: datetime, overlap: timedelta) -> datetime:
+        """Where the next window starts: ``overlap`` before the cursor at most, and only as
+        far as the oldest session open at the previous scan when a listing tells us."""
+        farthest = previous_end - overlap
+        bound = self._open_sessions.look_back_to(previous_end) if self._open_sessions else None
+        if bound is None:
+            return farthest
+        return max(farthest, min(bound, previous_end) - timedelta(seconds=1))
 
     async def _scan(self, cursor: Cursor, summary: ScanSummary) -> Cursor:
         assert cursor.scan is not None

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from poller.errors import UnknownOperation
 from poller.glance.client import GlanceClient
+from poller.glance.dates import parse_returned
 from poller.glance.paging import RepeatedPageToken, Window
+from poller.glance.records import SourceRecord
 from poller.logs import get_logger
 from poller.settings import GlanceSettings, ReconcileSettings, StartedStreamSettings
 from poller.streams.feed import Delivered, PartnerFeed
+from poller.streams.open_sessions import OpenSessions
 
 log = get_logger(__name__)
 
@@ -43,9 +46,11 @@ class StartedStream:
         settings: StartedStreamSettings,
         reconcile: ReconcileSettings,
         stopping: asyncio.Event,
+        open_sessions: OpenSessions | None = None,
     ) -> None:
         self._client = client
         self._feed = feed
+        self._open_sessions = open_sessions
         self._page_size = glance.page_size
         self._settings = settings
         self._lookback = timedelta(seconds=min(reconcile.horizon, glance.max_window))
@@ -77,6 +82,8 @@ class StartedStream:
         window = Window(now - self._lookback, now + timedelta(seconds=1))
         operation = self._settings.operation
         summary = StartedSummary()
+        oldest: datetime | None = None
+        complete = False
         pages = self._client.session_pages(operation, window, self._page_size)
         try:
             async for page in pages:
@@ -84,10 +91,31 @@ class StartedStream:
                 summary.delivered.add(
                     await self._feed.deliver(page.records, "started", operation, listed_in=window)
                 )
+                oldest = _earliest_start(page.records, oldest)
                 if self._stopping.is_set():
                     break
+            else:
+                complete = True
         except RepeatedPageToken as exc:
             log.warning("upstream repeated a page token; this tick ends early", next_id=exc.token)
         finally:
             await pages.aclose()
+        if self._open_sessions is not None:
+            ended = self._client.clock.latest
+            if complete and ended is not None:
+                self._open_sessions.record(now, ended.replace(microsecond=0), oldest)
+            else:
+                self._open_sessions.forget()
         return summary
+
+
+def _earliest_start(records: list[SourceRecord], earliest: datetime | None) -> datetime | None:
+    for record in records:
+        raw = record.raw
+        try:
+            start = parse_returned(raw.get("startTime") if isinstance(raw, dict) else None)
+        except ValueError:
+            continue  # a record without a readable start cannot narrow anything
+        if earliest is None or start < earliest:
+            earliest = start
+    return earliest
