@@ -59,6 +59,8 @@ class ServerClock:
     """
 
     latest: datetime | None = None
+    # When (host monotonic time) ``latest`` was read: an old reading must be refreshed.
+    observed_at: float = 0.0
 
     def observe(self, header: str | None) -> None:
         if not header:
@@ -70,6 +72,10 @@ class ServerClock:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         self.latest = moment.astimezone(UTC)
+        self.observed_at = time.monotonic()
+
+    def age(self) -> float:
+        return time.monotonic() - self.observed_at if self.latest is not None else float("inf")
 
 
 def _retry_after(header: str | None, server_now: datetime | None) -> float | None:
@@ -216,9 +222,11 @@ class GlanceClient:
             raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
         return document["d"]
 
-    async def server_now(self) -> datetime:
-        """Upstream's current time, asking it once (a one-minute counts call) if unknown."""
-        if self.clock.latest is None:
+    async def server_now(self, max_age: float = 1.0) -> datetime:
+        """Upstream's current time: the latest ``Date`` header, refreshed with one small
+        counts call when it is older than ``max_age`` seconds. Without the refresh, ticks
+        that make no other call would keep seeing the same instant and never move on."""
+        if self.clock.age() > max_age:
             local = datetime.now(UTC)
             await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
         return self.clock.latest or datetime.now(UTC)

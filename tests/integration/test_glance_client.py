@@ -164,3 +164,15 @@ async def test_a_fault_is_retried_and_the_scan_completes(
         client(http, emulator, retry=retry), Window(NOW - timedelta(hours=3), NOW), 20
     )
     assert sorted(ids) == sorted(s["id"] for s in emulator.sessions("ended"))
+
+
+async def test_server_time_is_refreshed_when_stale(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    # Found by the benchmark: a tick that made no call kept the old instant, and the live
+    # feed stalled until some other stream happened to call upstream.
+    glance = client(http, emulator)
+    assert await glance.server_now() == NOW
+    emulator.advance(90)
+    assert await glance.server_now(max_age=3600) == NOW, "a fresh reading is reused"
+    assert await glance.server_now(max_age=0) == NOW + timedelta(seconds=90)
