@@ -7,6 +7,7 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ssl
 import time
@@ -62,17 +63,22 @@ class ServerClock:
     # When (host monotonic time) ``latest`` was read: an old reading must be refreshed.
     observed_at: float = 0.0
 
-    def observe(self, header: str | None) -> None:
+    def observe(self, header: str | None) -> datetime | None:
+        """Take in one answer's ``Date``; returns it (None when absent or unreadable)."""
         if not header:
-            return
+            return None
         try:
             moment = parsedate_to_datetime(header)
         except (TypeError, ValueError):
-            return
+            return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        self.latest = moment.astimezone(UTC)
+        moment = moment.astimezone(UTC)
+        # Concurrent answers can arrive out of order: an older one must not move now back.
+        if self.latest is None or moment >= self.latest:
+            self.latest = moment
         self.observed_at = time.monotonic()
+        return moment
 
     def age(self) -> float:
         return time.monotonic() - self.observed_at if self.latest is not None else float("inf")
@@ -132,6 +138,12 @@ class GlanceClient:
         ``shape`` checks the answer inside the attempt, so a wrong-shaped ``d`` is retried
         like any other transient fault.
         """
+        return (await self._call_served(operation, params, shape))[0]
+
+    async def _call_served(
+        self, operation: str, params: dict[str, Any], shape: Callable[[Any], T]
+    ) -> tuple[T, datetime | None]:
+        """``call``, with the time upstream served the answer (its ``Date``)."""
 
         def note_retry(error: BaseException, delay: float, attempt: int) -> None:
             reason = getattr(error, "reason", "unknown")
@@ -141,10 +153,13 @@ class GlanceClient:
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
-                return shape(await self._call_once(operation, params))
+                d, served_at = await self._call_once(operation, params)
+                return shape(d), served_at
         raise AssertionError("unreachable: retrying re-raises the last error")
 
-    async def _call_once(self, operation: str, params: dict[str, Any]) -> Any:
+    async def _call_once(
+        self, operation: str, params: dict[str, Any]
+    ) -> tuple[Any, datetime | None]:
         url = f"{self._settings.base_url}{SERVICE_PATH}/{operation}"
         body = orjson.dumps(
             {"partnerId": self._partner.id, "apiKey": self._partner.api_key.get_secret_value()}
@@ -159,12 +174,12 @@ class GlanceClient:
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout),
             ) as response:
-                self.clock.observe(response.headers.get("Date"))
+                served_at = self.clock.observe(response.headers.get("Date"))
                 payload = await response.read()
                 outcome = f"{response.status // 100}xx"
                 if response.status >= 400 and response.headers.get("jsonerror") == "true":
                     outcome = "fault"
-                return self._interpret(operation, response, payload)
+                return self._interpret(operation, response, payload), served_at
         except TimeoutError:
             outcome = "timeout"
             raise RetriableUpstreamError(
@@ -282,16 +297,20 @@ class GlanceClient:
     def _fetch_page(
         self, operation: str, window: Window, page_size: int, token: int
     ) -> asyncio.Task[SessionPage]:
-        return asyncio.create_task(
-            self.call(
-                operation,
-                {
-                    "startRange": to_request(window.start),
-                    "endRange": to_request(window.end),
-                    "sessionKey": "",
-                    "nResults": page_size,
-                    "nextId": token,
-                },
-                functools.partial(parse_session_page, request_token=token),
-            )
+        return asyncio.create_task(self._page(operation, window, page_size, token))
+
+    async def _page(
+        self, operation: str, window: Window, page_size: int, token: int
+    ) -> SessionPage:
+        page, served_at = await self._call_served(
+            operation,
+            {
+                "startRange": to_request(window.start),
+                "endRange": to_request(window.end),
+                "sessionKey": "",
+                "nResults": page_size,
+                "nextId": token,
+            },
+            functools.partial(parse_session_page, request_token=token),
         )
+        return dataclasses.replace(page, served_at=served_at)

@@ -7,6 +7,7 @@ record stays raw so that one bad record becomes one dead letter, not a failed pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from poller.errors import RetriableUpstreamError
@@ -26,6 +27,8 @@ class SessionPage:
     request_token: int
     next_token: int
     records: list[SourceRecord]
+    # Upstream's Date on the answer: what the page shows was true at that moment.
+    served_at: datetime | None = None
 
 
 def _bad_shape(detail: str) -> RetriableUpstreamError:

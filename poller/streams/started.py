@@ -83,6 +83,8 @@ class StartedStream:
         operation = self._settings.operation
         summary = StartedSummary()
         oldest: datetime | None = None
+        # When upstream served the last page: the listing is true from then on.
+        served_at: datetime | None = None
         complete = False
         pages = self._client.session_pages(operation, window, self._page_size)
         try:
@@ -92,6 +94,7 @@ class StartedStream:
                     await self._feed.deliver(page.records, "started", operation, listed_in=window)
                 )
                 oldest = _earliest_start(page.records, oldest)
+                served_at = page.served_at
                 if self._stopping.is_set():
                     break
             else:
@@ -101,9 +104,8 @@ class StartedStream:
         finally:
             await pages.aclose()
         if self._open_sessions is not None:
-            ended = self._client.clock.latest
-            if complete and ended is not None:
-                self._open_sessions.record(now, ended.replace(microsecond=0), oldest)
+            if complete and served_at is not None:
+                self._open_sessions.record(now, served_at.replace(microsecond=0), oldest)
             else:
                 self._open_sessions.forget()
         return summary

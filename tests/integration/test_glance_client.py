@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
-from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
+from poller.glance.client import COMPLETED_SESSIONS, GlanceClient, ServerClock
 from poller.glance.paging import Window
 from poller.settings import GlanceSettings, Partner, RetrySettings
 from tests.integration.harness import API_KEY, PARTNER_ID, Emulator
@@ -176,3 +176,34 @@ async def test_server_time_is_refreshed_when_stale(
     emulator.advance(90)
     assert await glance.server_now(max_age=3600) == NOW, "a fresh reading is reused"
     assert await glance.server_now(max_age=0) == NOW + timedelta(seconds=90)
+
+
+async def test_each_page_carries_the_time_upstream_served_it(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    # The started stream trusts its listing only from the moment its last page was served;
+    # the shared clock may by then hold an older answer that arrived late.
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {"partnerId": PARTNER_ID, "count": 300, "from": "2026-03-10T09:00:00Z",
+         "until": "2026-03-10T11:00:00Z", "maxDuration": 600},
+    )  # fmt: skip
+    glance = client(http, emulator)
+    served = []
+    async for page in glance.session_pages(
+        COMPLETED_SESSIONS, Window(NOW - timedelta(hours=3), NOW), 100
+    ):
+        served.append(page.served_at)
+        if len(served) == 1:
+            emulator.advance(3600)  # page 2 may already be prefetched; page 3 cannot be
+    assert served[0] == NOW
+    assert served[-1] == NOW + timedelta(hours=1)
+    assert served == sorted(served)
+
+
+def test_the_server_clock_never_goes_back() -> None:
+    clock = ServerClock()
+    clock.observe("Tue, 10 Mar 2026 12:00:05 GMT")
+    clock.observe("Tue, 10 Mar 2026 12:00:03 GMT")  # an older answer that arrived late
+    assert clock.latest == NOW + timedelta(seconds=5)
