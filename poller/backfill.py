@@ -5,7 +5,9 @@ windows of at most 31 days, page by page, exactly as the live completed scan rea
 events (deterministic ``ce_id``), the same topics, bad records to the same dead-letter topic.
 Each page is published and acknowledged before the backfill's cursor (window and ``nextId``)
 and the emitted ids are committed, so an interrupted backfill resumes at the page after the
-last acknowledged one, and a kill re-sends at most the page in flight, with the same ids.
+last acknowledged one. For speed the next page is built and queued while one waits for its
+acknowledgements (commits stay one page at a time, in order), so a kill re-sends at most the
+two pages in flight, with the same ids.
 
 The backfill keeps its progress in its own state file (by default beside the live one,
 ``<state.path without its suffix>.backfill.sqlite3``): it runs while the daemon holds the live
@@ -53,7 +55,7 @@ from poller.logs import get_logger
 from poller.publisher import KafkaPublisher
 from poller.settings import Config, Partner
 from poller.state import Cursor, Scan, StateStore, parse_cli_date
-from poller.streams.feed import Delivered, PartnerFeed
+from poller.streams.feed import Delivered, PartnerFeed, Sending
 from poller.streams.reconcile import total_count
 
 log = get_logger(__name__)
@@ -546,6 +548,20 @@ class Backfill:
             next_id=cursor.scan.token,
         )
         pages = client.session_pages(COMPLETED_SESSIONS, window, self._page_size, cursor.scan.token)
+        # One page waits for its acknowledgements while the next is built and queued; pages
+        # are still committed one by one, in order, each after all of its acknowledgements.
+        in_flight: tuple[Sending, Cursor] | None = None
+
+        async def settle(page: tuple[Sending, Cursor]) -> Cursor:
+            sending, after = page
+            delivered = await sending.settle()
+            outcome.pages += 1
+            outcome.delivered.add(delivered)
+            self._progress.advance(
+                delivered.emitted + delivered.dead_letters, window, window_done=after.scan is None
+            )
+            return after
+
         try:
             while cursor.scan is not None and not self._stopping.is_set():
                 page = await self._next_page(pages)
@@ -555,18 +571,23 @@ class Backfill:
                     after = Cursor(window.end)
                 else:
                     after = Cursor(cursor.scanned_until, Scan(window, page.next_token))
-                delivered = await feed.deliver(
-                    page.records, "completed", COMPLETED_SESSIONS, {self._stream: after}, window
-                )
-                cursor = after
-                outcome.pages += 1
-                outcome.delivered.add(delivered)
-                self._progress.advance(
-                    delivered.emitted + delivered.dead_letters,
+                sending = await feed.send(
+                    page.records,
+                    "completed",
+                    COMPLETED_SESSIONS,
+                    {self._stream: after},
                     window,
-                    window_done=after.scan is None,
+                    in_flight=in_flight[0] if in_flight else None,
                 )
+                if in_flight is not None:
+                    await settle(in_flight)
+                in_flight = (sending, after)
+                cursor = after
+            if in_flight is not None:
+                cursor = await settle(in_flight)
         except RepeatedPageToken as exc:
+            if in_flight is not None:
+                await settle(in_flight)
             log.warning(
                 "upstream repeated a page token; ending this window's scan early",
                 next_id=exc.token,
@@ -576,7 +597,8 @@ class Backfill:
             cursor = Cursor(window.end)
             state.commit(client.partner_id, cursors={self._stream: cursor})
         except _Stopped:
-            pass
+            if in_flight is not None:
+                cursor = await settle(in_flight)
         finally:
             await pages.aclose()
         return cursor

@@ -23,7 +23,7 @@ from poller.events import Event, EventBuilder, EventType
 from poller.glance.dates import parse_returned, to_event
 from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
-from poller.publisher import Publisher
+from poller.publisher import Publication, Publisher
 from poller.state import Cursor, StateStore
 
 
@@ -101,13 +101,31 @@ class PartnerFeed:
         cursors: Mapping[str, Cursor] | None = None,
         listed_in: Window | None = None,
     ) -> Delivered:
+        sending = await self.send(records, stream, operation, cursors, listed_in)
+        return await sending.settle()
+
+    async def send(
+        self,
+        records: Sequence[SourceRecord],
+        stream: EventType,
+        operation: str,
+        cursors: Mapping[str, Cursor] | None = None,
+        listed_in: Window | None = None,
+        in_flight: Sending | None = None,
+    ) -> Sending:
+        """Build and queue the events of ``records``; ``settle()`` then waits for every
+        acknowledgement and commits. Meanwhile the caller may prepare the next page: pass
+        this one as its ``in_flight`` (the ids it holds are not committed yet) and settle
+        them in order."""
         counts = Delivered(records=len(records))
-        already = self._state.already_emitted(self.partner_id, stream, map(memory_key, records))
+        keys = [memory_key(record) for record in records]
+        already = self._state.already_emitted(self.partner_id, stream, keys)
+        if in_flight is not None:
+            already |= in_flight.keys
         fresh: list[tuple[SourceRecord, Event]] = []
         dead: list[Event] = []
         remembered: list[tuple[int, datetime]] = []
-        for record in records:
-            key = memory_key(record)
+        for record, key in zip(records, keys, strict=True):
             if key in already:
                 counts.duplicates += 1
                 continue
@@ -126,18 +144,18 @@ class PartnerFeed:
             fresh.append((record, event))
         started_first = self._started_for(fresh) if stream == "completed" else []
         if started_first:
+            # Acknowledged before its completed event is even sent.
             await self._publisher.publish(started_first)
-        await self._publisher.publish([event for _, event in fresh] + dead)
+        events = [event for _, event in fresh] + dead
+        publication = await self._publisher.send(events)
         remembered.extend(_memo(event for _, event in fresh))
         emitted: dict[str, list[tuple[int, datetime]]] = {stream: remembered}
         if started_first:
             emitted["started"] = _memo(started_first)
-        self._state.commit(self.partner_id, cursors=cursors, emitted=emitted)
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
-        self._count(stream, counts, [e for _, e in fresh] + dead + started_first)
-        return counts
+        return Sending(self, stream, publication, cursors, emitted, counts, events + started_first)
 
     def _count(self, stream: str, counts: Delivered, events: list[Event]) -> None:
         partner = str(self.partner_id)
@@ -159,6 +177,30 @@ class PartnerFeed:
             for record, event in completed
             if event.session_id not in seen_started
         ]
+
+
+@dataclass
+class Sending:
+    """A page's events handed to Kafka; committed by ``settle()`` once all are acknowledged."""
+
+    feed: PartnerFeed
+    stream: str
+    publication: Publication
+    cursors: Mapping[str, Cursor] | None
+    emitted: dict[str, list[tuple[int, datetime]]]
+    counts: Delivered
+    events: list[Event]
+
+    @property
+    def keys(self) -> set[int]:
+        return {key for key, _ in self.emitted[self.stream]}
+
+    async def settle(self) -> Delivered:
+        await self.publication.acknowledged()
+        feed = self.feed
+        feed._state.commit(feed.partner_id, cursors=self.cursors, emitted=self.emitted)
+        feed._count(self.stream, self.counts, self.events)
+        return self.counts
 
 
 def _memo(events: Iterable[Event]) -> list[tuple[int, datetime]]:

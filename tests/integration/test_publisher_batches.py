@@ -1,0 +1,100 @@
+"""The publisher sends record batches: every event arrives once, keys land on the partition a
+plain ``send()`` would choose, and each key's events keep their order."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from poller.events import Event
+from poller.health import Health
+from poller.publisher import KafkaPublisher
+from poller.settings import KafkaSettings, RetrySettings
+
+PARTITIONS = 4
+
+
+async def _create(bootstrap: str, *names: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def _partitions_by_send(bootstrap: str, topic: str, keys: list[bytes]) -> dict[bytes, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, b"{}", key=key) for key in keys]
+        return {key: (await f).partition for key, f in zip(keys, futures, strict=True)}
+    finally:
+        await producer.stop()
+
+
+async def _read(bootstrap: str, topic: str, expect: int) -> list[tuple[int, bytes | None, bytes]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[tuple[int, bytes | None, bytes]] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        async with asyncio.timeout(60):
+            while len(out) < expect:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, messages in batch.items():
+                    out.extend((tp.partition, m.key, m.value) for m in messages)
+        await asyncio.sleep(1)  # anything extra would be a duplicate
+        for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+            out.extend((tp.partition, m.key, m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_batches_keep_keys_partitions_and_order(kafka_bootstrap: str) -> None:
+    topic, reference = f"batches-{uuid.uuid4().hex[:8]}", f"reference-{uuid.uuid4().hex[:8]}"
+    await _create(kafka_bootstrap, topic, reference)
+    keys = [str(100_000 + k).encode() for k in range(40)]
+    padding = "x" * 600
+    events = [
+        Event(topic, keys[i % len(keys)], orjson.dumps({"seq": i, "pad": padding}), [("n", b"1")])
+        for i in range(3000)
+    ]
+    # Larger than a whole batch, and events without a key (as dead letters may be).
+    events.insert(1500, Event(topic, keys[0], orjson.dumps({"seq": -1, "pad": "y" * 40_000}), []))
+    events += [Event(topic, None, orjson.dumps({"seq": 5000 + i}), []) for i in range(3)]
+    publisher = KafkaPublisher(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap, max_batch_size=16_384),
+        RetrySettings(max_attempts=1),
+        stopping=asyncio.Event(),
+        health=Health(),
+        retry_forever=False,
+    )
+    try:
+        await publisher.publish(events)
+    finally:
+        await publisher.stop(5)
+
+    got = await _read(kafka_bootstrap, topic, len(events))
+    assert sorted(orjson.loads(v)["seq"] for _, _, v in got) == sorted(
+        orjson.loads(e.value)["seq"] for e in events
+    ), "every event exactly once"
+    expected_partition = await _partitions_by_send(kafka_bootstrap, reference, keys)
+    order: dict[bytes, list[int]] = defaultdict(list)
+    for partition, key, value in got:
+        if key is None:
+            continue
+        assert partition == expected_partition[key]
+        order[key].append(orjson.loads(value)["seq"])
+    sent_order: dict[bytes, list[int]] = defaultdict(list)
+    for event in events:
+        if event.key is not None:
+            sent_order[event.key].append(orjson.loads(event.value)["seq"])
+    assert order == sent_order, "each key's events in the order they were published"
+    assert len({p for p, _, _ in got}) == PARTITIONS
