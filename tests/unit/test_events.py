@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -11,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.errors import BadRecord
-from poller.events import EventBuilder, PiiPolicy, event_id
+from poller.events import EVENT_ID_NAMESPACE, EventBuilder, PiiPolicy, event_id
+from poller.glance.dates import parse_returned, returned_for_event, to_event
 from poller.glance.records import SourceRecord, parse_session_page
 from poller.settings import TopicSettings
 
@@ -64,6 +67,45 @@ def test_event_ids_are_deterministic_and_distinct() -> None:
         event_id(1, 3, "completed"),
     }
     assert len(ids) == 4
+
+
+@given(
+    partner=st.integers(1, 2**63),
+    session=st.integers(1, 2**63),
+    kind=st.sampled_from(["started", "completed"]),
+)
+def test_event_ids_are_the_documented_uuid5(partner: int, session: int, kind: str) -> None:
+    # Ids are a published contract (design.md §3): the fast path must not change one.
+    expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{partner}/{session}/{kind}")
+    assert event_id(partner, session, kind) == str(expected)
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=3))]
+        ),
+    ),
+    form=st.sampled_from(["iso", "z", "naive", "asmx"]),
+)
+def test_dates_in_event_form_match_the_general_path(moment: datetime, form: str) -> None:
+    text = {
+        "iso": moment.isoformat(),
+        "z": moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z",
+        "naive": moment.astimezone(UTC).replace(tzinfo=None).isoformat(),
+        "asmx": f"/Date({int(moment.timestamp() * 1000)})/",
+    }[form]
+    assert returned_for_event(text) == (to_event(parse_returned(text)), parse_returned(text))
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-02-30T10:00:00Z", "2026-13-01T10:00:00Z", "0000-01-01T00:00:00Z"]
+)
+def test_a_date_of_the_right_shape_that_does_not_exist_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not an ISO-8601"):
+        returned_for_event(text)
 
 
 def raw_session(**overrides: Any) -> dict[str, Any]:
