@@ -78,6 +78,10 @@ class CompletedStream:
         cursor = self._state.cursor(self.partner_id, STREAM) or Cursor(
             now - timedelta(seconds=self._settings.start_lookback)
         )
+        if cursor.scan is None and cursor.scanned_until >= now:
+            # Ticks run at a fixed rate: the last answer's Date (whole seconds) can still be
+            # the second this cursor ended on, and the tick would scan nothing. Ask again.
+            now = max(now, (await self._client.server_now(max_age=0)).replace(microsecond=0))
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
         while not self._stopping.is_set():
