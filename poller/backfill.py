@@ -554,7 +554,7 @@ class Backfill:
 
         async def settle(page: tuple[Sending, Cursor]) -> Cursor:
             sending, after = page
-            delivered = await sending.settle()
+            delivered = await feed.settle(sending)
             outcome.pages += 1
             outcome.delivered.add(delivered)
             self._progress.advance(

@@ -167,8 +167,8 @@ def _check_fields(session: dict[str, Any], raw: Any) -> None:
 
 def normalise_session(
     raw: Any, pii: PiiPolicy, *, ended: bool
-) -> tuple[dict[str, Any], int, datetime, datetime | None]:
-    """The record as consumers see it, with its id, start and (if ended) end time."""
+) -> tuple[dict[str, Any], int, datetime]:
+    """The record as consumers see it, with its id and start."""
     _check(isinstance(raw, dict), "the session record is not an object", raw)
     session = dict(raw)
     session.pop("__type", None)
@@ -184,7 +184,6 @@ def normalise_session(
     if key is not None:
         _check(isinstance(key, str | int) and not isinstance(key, bool), "key is not text", raw)
         session["key"] = str(key)
-    end: datetime | None = None
     duration = session.get("duration")
     if ended:
         if not _is_number(duration) or not math.isfinite(duration) or duration < 0:
@@ -193,7 +192,7 @@ def normalise_session(
             end = start + timedelta(seconds=duration)
         except OverflowError:
             raise BadRecord("duration is out of range", raw) from None
-        session["endTime"] = to_event(end)
+        session["endTime"] = to_event(end)  # also the completed event's ce_time
     else:
         _check(duration is None or _is_number(duration), "duration is not a number", raw)
     guests = session.get("guests")
@@ -201,7 +200,7 @@ def normalise_session(
         session["guests"] = [_normalise_guest(g, i, pii, raw) for i, g in enumerate(guests)]
     elif guests is not None:
         raise BadRecord("guests is not a list", raw)
-    return session, session_id, start, end
+    return session, session_id, start
 
 
 class EventBuilder:
@@ -229,7 +228,7 @@ class EventBuilder:
             raise BadRecord("userName is not a string", raw)
         if record.partner_user_id is not None and not isinstance(record.partner_user_id, str):
             raise BadRecord("partnerUserId is not a string", raw)
-        session, session_id, start, _ = normalise_session(raw, self._pii, ended=ended)
+        session, session_id, start = normalise_session(raw, self._pii, ended=ended)
         body: dict[str, Any] = {
             "partnerId": self.partner_id,
             "userName": record.user_name,

@@ -85,9 +85,8 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
 
 @dataclass
 class _InFlight:
-    """Events bound for one partition, sent as one record batch."""
+    """Events sent as one record batch, awaiting ``future``; without one, not queued yet."""
 
-    topic: str
     events: list[Event]
     future: asyncio.Future[Any] | None = None
 
@@ -164,7 +163,7 @@ class KafkaPublisher:
         cannot take them now, nothing is lost: ``acknowledged()`` sends them."""
         # One delivery future per batch: a future still pending is awaited again, never
         # replaced, so an attempt that runs out of patience re-sends nothing twice.
-        inflight = [_InFlight(event.topic, [event]) for event in events]
+        inflight = [_InFlight(list(events))] if events else []
         if inflight:
             with contextlib.suppress(KafkaError, PublishFailed):
                 await self._queue(inflight)
@@ -191,12 +190,13 @@ class KafkaPublisher:
         try:
             producer = await self._ensure_started()
             await self._send(producer, unsent, pending)
-        finally:
+        except BaseException:
             # Keep what was queued (its future is awaited next time), re-send only the rest.
             queued = {id(event) for item in pending for event in item.events}
-            inflight[:] = pending + [
-                _InFlight(event.topic, [event]) for event in unsent if id(event) not in queued
-            ]
+            rest = [event for event in unsent if id(event) not in queued]
+            inflight[:] = pending + ([_InFlight(rest)] if rest else [])
+            raise
+        inflight[:] = pending
         return pending
 
     async def _attempt(self, inflight: list[_InFlight]) -> list[_InFlight]:
@@ -254,13 +254,13 @@ class KafkaPublisher:
             partition = every[0] if len(every) == 1 else self._partitioner(event.key, every, every)
             where = (event.topic, partition)
             if where not in open_batches:
-                open_batches[where] = (producer.create_batch(), _InFlight(event.topic, []))
+                open_batches[where] = (producer.create_batch(), _InFlight([]))
             builder, item = open_batches[where]
             if not _append(builder, event):
                 await flush(*where)
                 open_batches[where] = builder, item = (
                     producer.create_batch(),
-                    _InFlight(event.topic, []),
+                    _InFlight([]),
                 )
                 # An empty batch takes any one record, however large.
                 if not _append(builder, event):

@@ -101,8 +101,7 @@ class PartnerFeed:
         cursors: Mapping[str, Cursor] | None = None,
         listed_in: Window | None = None,
     ) -> Delivered:
-        sending = await self.send(records, stream, operation, cursors, listed_in)
-        return await sending.settle()
+        return await self.settle(await self.send(records, stream, operation, cursors, listed_in))
 
     async def send(
         self,
@@ -113,7 +112,7 @@ class PartnerFeed:
         listed_in: Window | None = None,
         in_flight: Sending | None = None,
     ) -> Sending:
-        """Build and queue the events of ``records``; ``settle()`` then waits for every
+        """Build and queue the events of ``records``; ``settle`` then waits for every
         acknowledgement and commits. Meanwhile the caller may prepare the next page: pass
         this one as its ``in_flight`` (the ids it holds are not committed yet) and settle
         them in order."""
@@ -155,7 +154,14 @@ class PartnerFeed:
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
-        return Sending(self, stream, publication, cursors, emitted, counts, events + started_first)
+        return Sending(stream, publication, cursors, emitted, counts, events + started_first)
+
+    async def settle(self, sending: Sending) -> Delivered:
+        """Wait for every acknowledgement of ``sending``, then commit its ids and cursors."""
+        await sending.publication.acknowledged()
+        self._state.commit(self.partner_id, cursors=sending.cursors, emitted=sending.emitted)
+        self._count(sending.stream, sending.counts, sending.events)
+        return sending.counts
 
     def _count(self, stream: str, counts: Delivered, events: list[Event]) -> None:
         partner = str(self.partner_id)
@@ -181,9 +187,9 @@ class PartnerFeed:
 
 @dataclass
 class Sending:
-    """A page's events handed to Kafka; committed by ``settle()`` once all are acknowledged."""
+    """A page's events handed to Kafka; ``PartnerFeed.settle`` commits them once all are
+    acknowledged."""
 
-    feed: PartnerFeed
     stream: str
     publication: Publication
     cursors: Mapping[str, Cursor] | None
@@ -194,13 +200,6 @@ class Sending:
     @property
     def keys(self) -> set[int]:
         return {key for key, _ in self.emitted[self.stream]}
-
-    async def settle(self) -> Delivered:
-        await self.publication.acknowledged()
-        feed = self.feed
-        feed._state.commit(feed.partner_id, cursors=self.cursors, emitted=self.emitted)
-        feed._count(self.stream, self.counts, self.events)
-        return self.counts
 
 
 def _memo(events: Iterable[Event]) -> list[tuple[int, datetime]]:
