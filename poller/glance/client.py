@@ -237,11 +237,19 @@ class GlanceClient:
             raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
         return document["d"]
 
-    async def server_now(self, max_age: float = 1.0) -> datetime:
+    async def server_now(
+        self, max_age: float = 1.0, *, later_than: datetime | None = None
+    ) -> datetime:
         """Upstream's current time: the latest ``Date`` header, refreshed with one small
-        counts call when it is older than ``max_age`` seconds. Without the refresh, ticks
-        that make no other call would keep seeing the same instant and never move on."""
-        if self.clock.age() > max_age:
+        counts call when it is older than ``max_age`` seconds, or when (in whole seconds) it
+        is no later than ``later_than``. Without the refresh, ticks that make no other call
+        would keep seeing the same instant and never move on."""
+        latest = self.clock.latest
+        if (
+            latest is None
+            or self.clock.age() > max_age
+            or (later_than is not None and latest.replace(microsecond=0) <= later_than)
+        ):
             local = datetime.now(UTC)
             await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
         return self.clock.latest or datetime.now(UTC)

@@ -74,14 +74,12 @@ class CompletedStream:
 
     async def tick(self) -> ScanSummary:
         """Scan up to upstream's now (resuming an interrupted scan first), page budget allowing."""
-        now = (await self._client.server_now()).replace(microsecond=0)
-        cursor = self._state.cursor(self.partner_id, STREAM) or Cursor(
-            now - timedelta(seconds=self._settings.start_lookback)
-        )
-        if cursor.scan is None and cursor.scanned_until >= now:
-            # Ticks run at a fixed rate: the last answer's Date (whole seconds) can still be
-            # the second this cursor ended on, and the tick would scan nothing. Ask again.
-            now = max(now, (await self._client.server_now(max_age=0)).replace(microsecond=0))
+        stored = self._state.cursor(self.partner_id, STREAM)
+        # Ticks run at a fixed rate: the last answer's Date (whole seconds) can still be the
+        # second this cursor ended on, and the tick would scan nothing; then ask again.
+        scanned_until = stored.scanned_until if stored and stored.scan is None else None
+        now = (await self._client.server_now(later_than=scanned_until)).replace(microsecond=0)
+        cursor = stored or Cursor(now - timedelta(seconds=self._settings.start_lookback))
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
         while not self._stopping.is_set():

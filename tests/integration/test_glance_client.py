@@ -176,6 +176,11 @@ async def test_server_time_is_refreshed_when_stale(
     emulator.advance(90)
     assert await glance.server_now(max_age=3600) == NOW, "a fresh reading is reused"
     assert await glance.server_now(max_age=0) == NOW + timedelta(seconds=90)
+    emulator.advance(30)
+    later = NOW + timedelta(seconds=90)
+    assert await glance.server_now(max_age=3600, later_than=later) == later + timedelta(
+        seconds=30
+    ), "a reading no later than the caller's cursor is refreshed, however fresh"
 
 
 async def test_each_page_carries_the_time_upstream_served_it(

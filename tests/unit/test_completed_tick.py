@@ -19,16 +19,20 @@ T = datetime(2026, 3, 10, 12, 0, 5, tzinfo=UTC)
 
 
 class ClockOnlyClient:
-    """Upstream whose latest Date is the one the previous tick ended on; asking again
-    (``max_age=0``) shows that two seconds have passed since."""
+    """Upstream whose latest Date is the one the previous tick ended on; a client that asks
+    again (as ``server_now`` does when told its reading must be later than the cursor) sees
+    that two seconds have passed since."""
 
     partner_id = 1
 
     def __init__(self) -> None:
         self.windows: list[Window] = []
 
-    async def server_now(self, max_age: float = 1.0) -> datetime:
-        return T if max_age > 0 else T + timedelta(seconds=2)
+    async def server_now(
+        self, max_age: float = 1.0, *, later_than: datetime | None = None
+    ) -> datetime:
+        asks_again = max_age <= 0 or (later_than is not None and later_than >= T)
+        return T + timedelta(seconds=2) if asks_again else T
 
     async def session_pages(
         self, operation: str, window: Window, page_size: int, start_token: int = 0
