@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, NoReturn, Protocol
+from typing import Final, Literal, NoReturn, Protocol
 
 import aiohttp
 import structlog
@@ -62,7 +62,7 @@ log = get_logger(__name__)
 
 STATE_SUFFIX = ".backfill.sqlite3"
 # The ids the feed remembers are those of the completed stream, in the backfill's own file.
-EMITTED_STREAM = "completed"
+EMITTED_STREAM: Final = "completed"
 # Without a terminal, one progress line at least this often, and at least every so many pages.
 PROGRESS_EVERY_SECONDS = 5.0
 PROGRESS_EVERY_PAGES = 100
@@ -411,19 +411,15 @@ class Backfill:
                             log.error(str(exc))
                             rejected.append(partner.id)
                             continue
-                        except RetriableUpstreamError as exc:
-                            self._progress.close()
-                            log.error(
-                                "backfill stopped: the Glance Activity Service kept failing; "
-                                f"what was acknowledged is kept, {RESUME_HINT}",
-                                error=str(exc),
-                                **self._range_log(),
+                        except (RetriableUpstreamError, PublishFailed) as exc:
+                            # The progress bar was closed by the partner's own finally.
+                            what = (
+                                "the Glance Activity Service kept failing"
+                                if isinstance(exc, RetriableUpstreamError)
+                                else "Kafka did not acknowledge a page"
                             )
-                            return EXIT_FAILURE
-                        except PublishFailed as exc:
-                            self._progress.close()
                             log.error(
-                                "backfill stopped: Kafka did not acknowledge a page; "
+                                f"backfill stopped: {what}; "
                                 f"what was acknowledged is kept, {RESUME_HINT}",
                                 error=str(exc),
                                 **self._range_log(),
@@ -482,8 +478,7 @@ class Backfill:
             state=str(self._state_path),
             **self._range_log(),
         )
-        salt = self._settings.events.pii_salt
-        pii = PiiPolicy(self._settings.events.pii, salt.get_secret_value() if salt else None)
+        pii = PiiPolicy.from_settings(self._settings.events)
         builder = EventBuilder(partner_id, self._settings.topics, pii)
         feed = PartnerFeed(partner_id, builder, publisher, state)
         feed.started_enabled = False  # the completed topic (and dead letters) only
@@ -573,7 +568,7 @@ class Backfill:
                     after = Cursor(cursor.scanned_until, Scan(window, page.next_token))
                 sending = await feed.send(
                     page.records,
-                    "completed",
+                    EMITTED_STREAM,
                     COMPLETED_SESSIONS,
                     {self._stream: after},
                     window,

@@ -20,7 +20,6 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -37,7 +36,6 @@ from poller.errors import (
     UpstreamError,
 )
 from poller.glance.client import GlanceClient, upstream_tls
-from poller.glance.paging import Window
 from poller.publisher import connection_options
 from poller.settings import (
     Config,
@@ -134,7 +132,7 @@ async def check(args: argparse.Namespace, config_path: Path | None, out: TextIO)
     rows = [Row("config", OK, _describe_config(config))]
     rows.extend(await _connectivity(config, args))
     # Defence in depth: no error text we produce carries a secret, and none ever may.
-    scrub = logs.SecretRedactor(config.secrets()).scrub
+    scrub = logs.redactor.scrub
     return report([Row(r.check, r.result, str(scrub(r.detail))) for r in rows], out)
 
 
@@ -197,11 +195,10 @@ async def _check_partner(
     """One counts call over the last minute: the cheapest call that needs valid credentials."""
     name = f"partner {partner.id} credentials"
     client = GlanceClient(http, glance, partner, RetrySettings(max_attempts=1))
-    now = datetime.now(UTC)
     try:
         # The request has its own time-out; this one also bounds connecting and TLS.
         async with asyncio.timeout(limit + 1):
-            await client.session_counts(Window(now - timedelta(minutes=1), now), status="A")
+            await client.server_now()  # a fresh client asks: a one-minute counts call
     except AuthenticationFailed:
         return Row(name, FAILED, REJECTED)
     except UpstreamError as exc:

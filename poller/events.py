@@ -20,7 +20,7 @@ from poller.errors import BadRecord
 from poller.glance.dates import returned_for_event, to_event
 from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
-from poller.settings import TopicSettings
+from poller.settings import EventSettings, TopicSettings
 
 # Fixed forever: changing it changes every event id and breaks consumers' dedup.
 EVENT_ID_NAMESPACE = uuid.UUID("6f0b8a4e-3c1d-5e7f-9a2b-1c4d5e6f7a8b")
@@ -89,6 +89,11 @@ class PiiPolicy:
             raise ValueError("the hash PII policy needs a salt")
         self.mode = mode
         self._salt = (salt or "").encode()
+
+    @classmethod
+    def from_settings(cls, events: EventSettings) -> PiiPolicy:
+        salt = events.pii_salt
+        return cls(events.pii, salt.get_secret_value() if salt else None)
 
     def apply(self, guest: dict[str, Any]) -> None:
         if self.mode == "keep":

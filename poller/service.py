@@ -172,8 +172,7 @@ class Service:
     ) -> PartnerRun:
         settings = self._config.settings
         client = GlanceClient(http, settings.glance, partner, settings.retry)
-        salt = settings.events.pii_salt
-        pii = PiiPolicy(settings.events.pii, salt.get_secret_value() if salt else None)
+        pii = PiiPolicy.from_settings(settings.events)
         builder = EventBuilder(partner.id, settings.topics, pii)
         feed = PartnerFeed(partner.id, builder, publisher, state)
         feed.started_enabled = settings.started.enabled
