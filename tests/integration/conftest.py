@@ -1,18 +1,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import FROZEN_EMULATOR, Emulator, PollerRun, Topics
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "kafka"))
-
-from local_broker import BrokerFailed, LocalBroker  # noqa: E402
+from tests.integration.harness import (
+    FROZEN_EMULATOR,
+    Emulator,
+    LocalBroker,
+    PollerRun,
+    Topics,
+    running,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,16 +29,8 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    broker = LocalBroker()
-    try:
-        broker.start()
-    except BrokerFailed as exc:
-        broker.cleanup()
-        pytest.fail(f"the local Kafka broker did not start:\n{exc}", pytrace=False)
-    try:
+    with running(LocalBroker()) as broker:
         yield broker.bootstrap
-    finally:
-        broker.cleanup()
 
 
 @pytest.fixture

@@ -12,13 +12,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kafka"))
+from local_broker import BrokerFailed, LocalBroker
 
 PYTHON = sys.executable
 PARTNER_ID = 12345
@@ -32,6 +37,20 @@ FROZEN_EMULATOR = (
     "--clock-speed", "0",
     "--traffic-rate", "0",
 )  # fmt: skip
+
+
+@contextmanager
+def running(broker: LocalBroker) -> Iterator[LocalBroker]:
+    """A started broker, removed afterwards; one that cannot start fails the test plainly."""
+    try:
+        broker.start()
+    except BrokerFailed as exc:
+        broker.cleanup()
+        pytest.fail(f"the local Kafka broker did not start:\n{exc}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
 
 
 def wait_until(

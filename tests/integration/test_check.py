@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.harness import PARTNER_ID, Emulator, PollerRun, Topics
+# On sys.path by tests/integration/harness.py.
+from local_broker import LocalBroker, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "kafka"))
-
-from local_broker import BrokerFailed, LocalBroker  # noqa: E402
+from tests.integration.harness import PARTNER_ID, Emulator, PollerRun, Topics, running
 
 WRONG_KEY = "wrong-key-123456"
 SASL_USER, SASL_PASSWORD = "poller", "check-sasl-pass-7"
@@ -100,12 +98,6 @@ def partitions_of(bootstrap: str, names: list[str]) -> dict[str, int]:
         }
 
     return asyncio.run(describe())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -204,16 +196,8 @@ def test_silent_broker_is_given_up_on_after_the_timeout(
 
 @pytest.fixture(scope="module")
 def sasl_broker() -> Iterator[LocalBroker]:
-    broker = LocalBroker(sasl_users={SASL_USER: SASL_PASSWORD})
-    try:
-        broker.start()
-    except BrokerFailed as exc:
-        broker.cleanup()
-        pytest.fail(f"the local Kafka broker did not start:\n{exc}", pytrace=False)
-    try:
+    with running(LocalBroker(sasl_users={SASL_USER: SASL_PASSWORD})) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def test_kafka_security_settings_are_used(

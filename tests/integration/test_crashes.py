@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,8 +20,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-# On sys.path by tests/integration/conftest.py, as for the shared broker.
-from local_broker import DEFAULT_JARS, BrokerFailed, LocalBroker
+# On sys.path by tests/integration/harness.py, as for the shared broker.
+from local_broker import DEFAULT_JARS, BrokerFailed, LocalBroker, free_port
 
 from poller.state import StateStore
 from tests.integration.harness import (
@@ -37,6 +36,7 @@ from tests.integration.harness import (
     log_events,
     wait_until,
 )
+from tests.integration.test_completed_feed import expected_value
 
 COMPLETED_OPERATION = "PartnerCompletedSessions"
 PRODUCE = 0  # the Kafka API key of Produce requests
@@ -225,12 +225,6 @@ def delayed_acks(request: pytest.FixtureRequest) -> Iterator[tuple[str, AckDelay
         proxy.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def state_show(poller: PollerRun) -> dict[str, Any]:
     """``python -m poller state show`` on the poller's own configuration (daemon stopped).
     The file is named by $POLLER_CONFIG, which every version of the command line reads."""
@@ -272,18 +266,6 @@ def committed(poller: PollerRun) -> tuple[int, int | None]:
         return 0, None
     scan = completed["scanInProgress"]
     return completed["emittedIds"], scan["nextId"] if scan else None
-
-
-def expected_value(listing: dict[str, Any]) -> dict[str, Any]:
-    """The completed event's value per the contract, from the emulator's own listing."""
-    session = {k: v for k, v in listing["record"].items() if k != "__type"}
-    session["endTime"] = listing["endTime"]
-    return {
-        "partnerId": listing["partnerId"],
-        "userName": listing["userName"],
-        "partnerUserId": listing["partnerUserId"],
-        "session": session,
-    }
 
 
 def by_session(records: list[Consumed]) -> dict[int, list[Consumed]]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.conftest import LocalBroker
 from tests.integration.harness import (
     PARTNER_ID,
     Emulator,
+    LocalBroker,
     PollerRun,
     Topics,
     consume,
@@ -23,6 +23,7 @@ from tests.integration.harness import (
     kill,
     metric,
     operator_port,
+    running,
     wait_until,
 )
 
@@ -30,12 +31,8 @@ from tests.integration.harness import (
 @pytest.fixture
 def own_broker() -> Iterator[LocalBroker]:
     """A broker of this test's own, which it may stop and start."""
-    broker = LocalBroker()
-    broker.start()
-    try:
+    with running(LocalBroker()) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def outage_poller(tmp_path: Path, emulator: Emulator, broker: LocalBroker) -> PollerRun:

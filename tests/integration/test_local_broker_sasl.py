@@ -9,19 +9,14 @@ the broker's log.
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "kafka"))
-
-from local_broker import BrokerFailed, LocalBroker  # noqa: E402
+from tests.integration.harness import BrokerFailed, LocalBroker, running
 
 USERS = {"poller": "poller-pass-1", "other": "other-pass-2"}
 WRONG_PASSWORD = "not-the-poller-pass"
@@ -30,16 +25,8 @@ MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[LocalBroker]:
-    broker = LocalBroker(sasl_users=USERS)
-    try:
-        broker.start()
-    except BrokerFailed as exc:
-        broker.cleanup()
-        pytest.fail(f"the local Kafka broker did not start:\n{exc}", pytrace=False)
-    try:
+    with running(LocalBroker(sasl_users=USERS)) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def _sasl_producer(

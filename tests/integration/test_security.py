@@ -18,16 +18,17 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import LocalBroker
 from tests.integration.harness import (
     PARTNER_ID,
     Emulator,
+    LocalBroker,
     PollerRun,
     Topics,
     consume,
     http_get,
     kill,
     operator_port,
+    running,
     wait_until,
 )
 
@@ -39,12 +40,8 @@ PII_SALT = "pii-salt-6b2e94"
 
 @pytest.fixture(scope="module")
 def sasl_broker() -> Iterator[LocalBroker]:
-    broker = LocalBroker(sasl_users={"poller": KAFKA_PASSWORD})
-    broker.start()
-    try:
+    with running(LocalBroker(sasl_users={"poller": KAFKA_PASSWORD})) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def sasl_poller(
