@@ -11,6 +11,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from poller.glance.paging import Window
 from poller.state import Cursor, Scan, StateStore
@@ -56,7 +57,10 @@ def measure(path: Path, held: int, commits: int) -> list[float]:
         store.close()
 
 
-def percentile(values: list[float], fraction: float) -> float:
+Ranked = TypeVar("Ranked", float, tuple[float, bool])
+
+
+def percentile(values: list[Ranked], fraction: float) -> Ranked:
     """Nearest-rank percentile (p99 of 300 values is the 297th smallest)."""
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.4999)))

@@ -152,13 +152,7 @@ class Emulator:
         return proc_status_kb(self.pid, "VmRSS")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=20)
 
 
 @dataclass

@@ -483,7 +483,7 @@ async def _latency_once(ctx: Context, index: int) -> dict[str, Any]:
         "missing": len(in_window) - len(arrived_after),
     }
     for name, fraction in (("p50", 0.50), ("p99", 0.99), ("max", 1.0)):
-        value, censored = _percentile(samples, fraction)
+        value, censored = commit_bench.percentile(samples, fraction)
         result[f"{name}_ms"] = round(value * 1000, 1)
         if censored:
             result[f"{name}_is_lower_bound"] = True
@@ -494,12 +494,6 @@ async def _latency_once(ctx: Context, index: int) -> dict[str, Any]:
         name: cpu_delta(cpu_before[name], cpu_after[name]) for name in cpu_before
     }
     return result
-
-
-def _percentile(samples: list[tuple[float, bool]], fraction: float) -> tuple[float, bool]:
-    """Nearest rank over sorted (value, censored) pairs."""
-    rank = max(1, min(len(samples), round(fraction * len(samples) + 0.4999)))
-    return samples[rank - 1]
 
 
 def _epoch(text: str) -> float:
