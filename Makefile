@@ -50,7 +50,10 @@ test: lint kafka-jars
 run: install kafka-jars
 	$(BIN)/python tools/run_demo.py
 
+# Bytecode first, as an installed package has it (PYTHONDONTWRITEBYTECODE would otherwise make
+# every process the benchmark starts compile poller/ again).
 bench: install kafka-jars
+	$(BIN)/python -m compileall -q poller
 	$(BIN)/python bench/run.py
 
 clean:

@@ -20,9 +20,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from aiohttp import web
-
-from poller.emulator.app import create_app
 from poller.emulator.clock import EmulatorClock
 from poller.emulator.dataset import DatasetError, load_dataset
 from poller.emulator.dates import DateFormatError, parse_request_date
@@ -211,6 +208,12 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; HTTPS with ``ssl_context``, else plain HTTP."""
+    # Imported here: every glance-poller command builds this module's arguments, and only
+    # this one needs the server.
+    from aiohttp import web
+
+    from poller.emulator.app import create_app
+
     made = state.catch_up()  # the live backlog, before the first client asks
     if made:
         logger.info("live traffic: %d sessions in the backlog", made)
