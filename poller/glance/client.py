@@ -24,7 +24,7 @@ from poller import metrics
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
 from poller.glance.dates import to_request
 from poller.glance.paging import Paginator, RepeatedPageToken, Window
-from poller.glance.records import SessionPage, parse_session_page
+from poller.glance.records import SessionPage, answer_d, read_session_page
 from poller.logs import get_logger
 from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
@@ -138,12 +138,17 @@ class GlanceClient:
         ``shape`` checks the answer inside the attempt, so a wrong-shaped ``d`` is retried
         like any other transient fault.
         """
-        return (await self._call_served(operation, params, shape))[0]
+        return (await self._call_served(operation, params, answer_d, shape))[0]
 
     async def _call_served(
-        self, operation: str, params: dict[str, Any], shape: Callable[[Any], T]
+        self,
+        operation: str,
+        params: dict[str, Any],
+        read: Callable[[str, bytes], Any],
+        shape: Callable[[Any], T],
     ) -> tuple[T, datetime | None]:
-        """``call``, with the time upstream served the answer (its ``Date``)."""
+        """``call``, with the time upstream served the answer (its ``Date``); ``read`` turns
+        the body of a successful answer into what ``shape`` takes."""
 
         def note_retry(error: BaseException, delay: float, attempt: int) -> None:
             reason = getattr(error, "reason", "unknown")
@@ -153,12 +158,12 @@ class GlanceClient:
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
-                d, served_at = await self._call_once(operation, params)
+                d, served_at = await self._call_once(operation, params, read)
                 return shape(d), served_at
         raise AssertionError("unreachable: retrying re-raises the last error")
 
     async def _call_once(
-        self, operation: str, params: dict[str, Any]
+        self, operation: str, params: dict[str, Any], read: Callable[[str, bytes], Any]
     ) -> tuple[Any, datetime | None]:
         url = f"{self._settings.base_url}{SERVICE_PATH}/{operation}"
         body = orjson.dumps(
@@ -179,7 +184,7 @@ class GlanceClient:
                 outcome = f"{response.status // 100}xx"
                 if response.status >= 400 and response.headers.get("jsonerror") == "true":
                     outcome = "fault"
-                return self._interpret(operation, response, payload), served_at
+                return self._interpret(operation, response, payload, read), served_at
         except TimeoutError:
             outcome = "timeout"
             raise RetriableUpstreamError(
@@ -212,7 +217,13 @@ class GlanceClient:
             metrics.UPSTREAM_REQUESTS.labels(str(self._partner.id), operation, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
-    def _interpret(self, operation: str, response: aiohttp.ClientResponse, payload: bytes) -> Any:
+    def _interpret(
+        self,
+        operation: str,
+        response: aiohttp.ClientResponse,
+        payload: bytes,
+        read: Callable[[str, bytes], Any],
+    ) -> Any:
         status = response.status
         if status in (429, 503):
             delay = _retry_after(response.headers.get("Retry-After"), self.clock.latest)
@@ -229,13 +240,7 @@ class GlanceClient:
                 raise UnknownOperation(operation)
             detail = f"{operation}: HTTP {status}" + (f" {message[:200]}" if message else "")
             raise RetriableUpstreamError("fault" if message else f"http_{status}", detail)
-        try:
-            document = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise RetriableUpstreamError("invalid_json", f"{operation}: {exc}") from None
-        if not isinstance(document, dict) or "d" not in document:
-            raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
-        return document["d"]
+        return read(operation, payload)
 
     async def server_now(
         self, max_age: float = 1.0, *, later_than: datetime | None = None
@@ -310,6 +315,7 @@ class GlanceClient:
     async def _page(
         self, operation: str, window: Window, page_size: int, token: int
     ) -> SessionPage:
+        page: SessionPage
         page, served_at = await self._call_served(
             operation,
             {
@@ -319,6 +325,7 @@ class GlanceClient:
                 "nResults": page_size,
                 "nextId": token,
             },
-            functools.partial(parse_session_page, request_token=token),
+            functools.partial(read_session_page, request_token=token),
+            _as_is,
         )
         return dataclasses.replace(page, served_at=served_at)

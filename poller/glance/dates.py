@@ -35,7 +35,8 @@ def parse_returned(value: object) -> datetime:
             except OverflowError:
                 raise ValueError(f"date out of range: {text[:40]!r}") from None
     try:
-        parsed = datetime.fromisoformat(text)
+        # RFC 3339 allows a lower-case "t" and "z", Python's parser does not.
+        parsed = datetime.fromisoformat(text.upper())
     except ValueError:
         raise ValueError(f"not an ISO-8601 or /Date(ms)/ date: {text[:40]!r}") from None
     if parsed.tzinfo is UTC:

@@ -45,6 +45,8 @@ class Delivered:
 
 
 def record_id(record: SourceRecord) -> int | None:
+    if record.session is not None:
+        return record.session.id  # typed: a positive integer, and its raw is never decoded
     raw = record.raw
     value = raw.get("id") if isinstance(raw, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -74,12 +76,11 @@ def _iso_date(match: re.Match[str]) -> str:
 
 
 def _start_of(record: SourceRecord, listed_in: Window | None) -> datetime:
-    raw = record.raw
-    try:
-        return parse_returned(raw.get("startTime") if isinstance(raw, dict) else None)
-    except ValueError:
-        # Upstream listed it in this window, so its start lies inside it.
-        return listed_in.start if listed_in is not None else datetime.now(UTC)
+    start = record.start()
+    if start is not None:
+        return start
+    # Upstream listed it in this window, so its start lies inside it.
+    return listed_in.start if listed_in is not None else datetime.now(UTC)
 
 
 class PartnerFeed:

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 from poller.errors import UnknownOperation
 from poller.glance.client import GlanceClient
-from poller.glance.dates import parse_returned
 from poller.glance.paging import RepeatedPageToken, Window
 from poller.glance.records import SourceRecord
 from poller.logs import get_logger
@@ -113,11 +112,8 @@ class StartedStream:
 
 def _earliest_start(records: list[SourceRecord], earliest: datetime | None) -> datetime | None:
     for record in records:
-        raw = record.raw
-        try:
-            start = parse_returned(raw.get("startTime") if isinstance(raw, dict) else None)
-        except ValueError:
-            continue  # a record without a readable start cannot narrow anything
-        if earliest is None or start < earliest:
+        start = record.start()
+        # A record without a readable start cannot narrow anything.
+        if start is not None and (earliest is None or start < earliest):
             earliest = start
     return earliest

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
+import orjson
 import pytest
 
 from poller.errors import RetriableUpstreamError
 from poller.glance.dates import parse_returned, to_event, to_request
 from poller.glance.paging import Paginator, RepeatedPageToken, Window, split_window
-from poller.glance.records import parse_session_page
+from poller.glance.records import SessionPage, parse_session_page, read_session_page
 
 
 def test_request_dates_are_explicit_utc_whole_seconds() -> None:
@@ -30,6 +32,8 @@ def test_request_dates_are_explicit_utc_whole_seconds() -> None:
         ("2020-02-12T11:41:12", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
         ("2020-02-12T06:41:12-05:00", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
         ("2020-02-12T11:41:12.250Z", datetime(2020, 2, 12, 11, 41, 12, 250000, tzinfo=UTC)),
+        # RFC 3339 allows lower case; the typed records' decoder reads it too.
+        ("2020-02-12t11:41:12z", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
         ("/Date(1581507672000)/", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
         ("/Date(1581507672000+0000)/", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
         ("/Date(1581507672000-0500)/", datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)),
@@ -88,8 +92,17 @@ def test_paginator_ends_on_zero() -> None:
     assert pages.finished
 
 
-def test_page_envelope_flattens_users(seed_sample: dict) -> None:
-    page = parse_session_page(seed_sample["d"], request_token=0)
+def read_typed(d: object, request_token: int) -> SessionPage:
+    """The client's reader: the envelope (and the records it can) decoded by msgspec."""
+    return read_session_page("PartnerCompletedSessions", orjson.dumps({"d": d}), request_token)
+
+
+READERS = pytest.mark.parametrize("read", [parse_session_page, read_typed], ids=["json", "typed"])
+
+
+@READERS
+def test_page_envelope_flattens_users(seed_sample: dict, read: Any) -> None:
+    page = read(seed_sample["d"], 0)
     assert page.next_token == 123456789
     assert [(r.user_name, r.partner_user_id, r.raw["id"]) for r in page.records] == [
         ("agent.company.glance.net", "puidValue", 56960588),
@@ -97,6 +110,7 @@ def test_page_envelope_flattens_users(seed_sample: dict) -> None:
     ]
 
 
+@READERS
 @pytest.mark.parametrize(
     "d",
     [
@@ -111,12 +125,23 @@ def test_page_envelope_flattens_users(seed_sample: dict) -> None:
         {"users": [{"sessions": {"id": 1}}]},
     ],
 )
-def test_wrong_envelopes_are_retriable_bad_shape(d: object) -> None:
+def test_wrong_envelopes_are_retriable_bad_shape(d: object, read: Any) -> None:
     with pytest.raises(RetriableUpstreamError) as caught:
-        parse_session_page(d, 0)
+        read(d, 0)
     assert caught.value.reason == "bad_shape"
 
 
-def test_empty_listing() -> None:
-    page = parse_session_page({"nextId": 0, "users": None}, 0)
+@READERS
+def test_empty_listing(read: Any) -> None:
+    page = read({"nextId": None, "users": None}, 0)
     assert page.records == [] and page.next_token == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b'{"d": {"nextId": 0, "users": [', "invalid_json"), (b'{"x": 1}', "bad_shape")],
+)
+def test_an_unreadable_answer_is_retriable(payload: bytes, reason: str) -> None:
+    with pytest.raises(RetriableUpstreamError) as caught:
+        read_session_page("PartnerCompletedSessions", payload, 0)
+    assert caught.value.reason == reason
