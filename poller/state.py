@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from poller import metrics
 from poller.errors import StateError
 from poller.glance.paging import Window
@@ -203,9 +205,19 @@ class StateStore:
         started = time.perf_counter()
         with self._transaction():
             for stream, ids in (emitted or {}).items():
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO emitted VALUES (?, ?, ?, ?)",
-                    [(partner_id, stream, sid, int(start.timestamp())) for sid, start in ids],
+                # One statement per stream: SQLite walks a JSON object {id: start}, at half
+                # the cost of binding every row from Python (bench/README.md).
+                self._db.execute(
+                    "INSERT OR IGNORE INTO emitted "
+                    "SELECT ?, ?, CAST(key AS INTEGER), value FROM json_each(?)",
+                    (
+                        partner_id,
+                        stream,
+                        orjson.dumps(
+                            {sid: int(start.timestamp()) for sid, start in ids},
+                            option=orjson.OPT_NON_STR_KEYS,
+                        ),
+                    ),
                 )
             for stream, cursor in (cursors or {}).items():
                 scan = cursor.scan

@@ -74,6 +74,20 @@ def test_already_emitted_handles_more_ids_than_sqlite_parameters(tmp_path: Path)
         store.close()
 
 
+def test_every_kind_of_id_is_kept_as_an_integer_with_its_start(tmp_path: Path) -> None:
+    """Ids of records without one are negative hashes; real ones can be large."""
+    store = StateStore.open(tmp_path / "s.db")
+    ids = [-(2**62), -5, 7, 2**62]
+    try:
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in ids])
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(7, NOW - timedelta(days=9))])
+        assert store.already_emitted(1, "completed", [*ids, 8, 0]) == set(ids)
+        rows = store._db.execute("SELECT session_id, start_time FROM emitted ORDER BY 1")
+        assert rows.fetchall() == [(i, int(NOW.timestamp())) for i in ids]  # the first start
+    finally:
+        store.close()
+
+
 def test_reset_scopes(tmp_path: Path) -> None:
     store = StateStore.open(tmp_path / "s.db")
     try:
