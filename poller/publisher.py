@@ -95,8 +95,12 @@ class _InFlight:
 class _Publication:
     publisher: KafkaPublisher
     inflight: list[_InFlight]
+    # Hands the batches to aiokafka, one after the other, while the caller goes on.
+    queueing: asyncio.Task[None] | None = None
 
     async def acknowledged(self) -> None:
+        if self.queueing is not None:
+            await self.queueing
         await self.publisher._acknowledged(self.inflight)
 
 
@@ -137,6 +141,9 @@ class KafkaPublisher:
         self._until = stopping if retry_forever else None
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        # aiokafka takes one batch per partition at a time; batches wait their turn here, in
+        # the order they were sent (the lock is first come, first served).
+        self._queue_order = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
 
     async def _ensure_started(self) -> AIOKafkaProducer:
@@ -163,11 +170,17 @@ class KafkaPublisher:
         cannot take them now, nothing is lost: ``acknowledged()`` sends them."""
         # One delivery future per batch: a future still pending is awaited again, never
         # replaced, so an attempt that runs out of patience re-sends nothing twice.
-        inflight = [_InFlight(list(events))] if events else []
-        if inflight:
-            with contextlib.suppress(KafkaError, PublishFailed):
-                await self._queue(inflight)
-        return _Publication(self, inflight)
+        if not events:
+            return _Publication(self, [])
+        inflight = [_InFlight(list(events))]
+        # aiokafka accepts a partition's next batch only once it has taken the previous one
+        # (a round trip to the broker), so queueing happens in a task: the caller builds its
+        # next page meanwhile instead of waiting.
+        return _Publication(self, inflight, asyncio.create_task(self._queue_quietly(inflight)))
+
+    async def _queue_quietly(self, inflight: list[_InFlight]) -> None:
+        with contextlib.suppress(KafkaError, PublishFailed):
+            await self._queue(inflight)
 
     async def _acknowledged(self, inflight: list[_InFlight]) -> None:
         if not inflight:
@@ -189,7 +202,8 @@ class KafkaPublisher:
         unsent = [event for item in inflight if item.future is None for event in item.events]
         try:
             producer = await self._ensure_started()
-            await self._send(producer, unsent, pending)
+            async with self._queue_order:
+                await self._send(producer, unsent, pending)
         except BaseException:
             # Keep what was queued (its future is awaited next time), re-send only the rest.
             queued = {id(event) for item in pending for event in item.events}
@@ -267,6 +281,8 @@ class KafkaPublisher:
                     raise AssertionError("an empty record batch refused an event")
             item.events.append(event)
         for topic, partition in list(open_batches):
+            # Nothing more will join it: closed, it goes out now instead of lingering.
+            open_batches[topic, partition][0].close()
             await flush(topic, partition)
 
     def _failed(self, reason: str, detail: str, pending: list[_InFlight]) -> NoReturn:

@@ -1,5 +1,5 @@
 """The publisher sends record batches: every event arrives once, keys land on the partition a
-plain ``send()`` would choose, and each key's events keep their order."""
+plain ``send()`` would choose, and each key's events keep their order, across pages too."""
 
 from __future__ import annotations
 
@@ -77,7 +77,12 @@ async def test_batches_keep_keys_partitions_and_order(kafka_bootstrap: str) -> N
         retry_forever=False,
     )
     try:
-        await publisher.publish(events)
+        # Three pages handed over back to back, as the backfill does, before any is awaited:
+        # each is queued in the background, and they must still reach Kafka in order.
+        pages = [events[:1000], events[1000:2000], events[2000:]]
+        publications = [await publisher.send(page) for page in pages]
+        for publication in publications:
+            await publication.acknowledged()
     finally:
         await publisher.stop(5)
 
