@@ -39,14 +39,14 @@ Number = int | float
 _NotFromUpstream = Annotated[str, Meta(min_length=1, max_length=0)]
 
 
-class Location(Struct, forbid_unknown_fields=True):
+class Location(Struct, forbid_unknown_fields=True, gc=False):
     wire_type: str | UnsetType = field(default=UNSET, name="__type")
     city: str | UnsetType | None = UNSET
     region: str | UnsetType | None = UNSET
     countryCode: str | UnsetType | None = UNSET
 
 
-class Guest(Struct, forbid_unknown_fields=True):
+class Guest(Struct, forbid_unknown_fields=True, gc=False):
     wire_type: str | UnsetType = field(default=UNSET, name="__type")
     type: str | UnsetType | None = UNSET
     status: str | UnsetType | None = UNSET
@@ -63,7 +63,7 @@ class Guest(Struct, forbid_unknown_fields=True):
     protocolVersion: int | str | UnsetType | None = UNSET
 
 
-class Session(Struct, forbid_unknown_fields=True, kw_only=True):
+class Session(Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
     """Fields in the order upstream sends them, so an event's value reads as the record."""
 
     wire_type: str | UnsetType = field(default=UNSET, name="__type")
@@ -82,7 +82,7 @@ class Session(Struct, forbid_unknown_fields=True, kw_only=True):
     endTime: _NotFromUpstream | UnsetType = UNSET
 
 
-class EventBody(Struct, kw_only=True):
+class EventBody(Struct, kw_only=True, gc=False):
     """An event's value (design.md §3), in the general path's key order."""
 
     partnerId: int
