@@ -116,7 +116,7 @@ class PiiPolicy:
         if self.mode == "keep":
             return guest
         if self.mode == "drop":
-            return msgspec.structs.replace(guest, name=UNSET, email=UNSET, phone=UNSET, ip=UNSET)
+            return msgspec.structs.replace(guest, **dict.fromkeys(PII_FIELDS, UNSET))
         changes = {}
         for field in PII_FIELDS:
             value = getattr(guest, field)

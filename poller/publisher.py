@@ -259,6 +259,8 @@ class KafkaPublisher:
 
         async def flush(topic: str, partition: int) -> None:
             builder, item = open_batches.pop((topic, partition))
+            # Nothing more will join it: closed, it goes out now instead of lingering.
+            builder.close()
             item.future = await producer.send_batch(builder, topic, partition=partition)
             sent.append(item)
 
@@ -281,8 +283,6 @@ class KafkaPublisher:
                     raise AssertionError("an empty record batch refused an event")
             item.events.append(event)
         for topic, partition in list(open_batches):
-            # Nothing more will join it: closed, it goes out now instead of lingering.
-            open_batches[topic, partition][0].close()
             await flush(topic, partition)
 
     def _failed(self, reason: str, detail: str, pending: list[_InFlight]) -> NoReturn:

@@ -138,17 +138,15 @@ class GlanceClient:
         ``shape`` checks the answer inside the attempt, so a wrong-shaped ``d`` is retried
         like any other transient fault.
         """
-        return (await self._call_served(operation, params, answer_d, shape))[0]
+        return (
+            await self._call_served(operation, params, lambda op, body: shape(answer_d(op, body)))
+        )[0]
 
     async def _call_served(
-        self,
-        operation: str,
-        params: dict[str, Any],
-        read: Callable[[str, bytes], Any],
-        shape: Callable[[Any], T],
+        self, operation: str, params: dict[str, Any], read: Callable[[str, bytes], T]
     ) -> tuple[T, datetime | None]:
-        """``call``, with the time upstream served the answer (its ``Date``); ``read`` turns
-        the body of a successful answer into what ``shape`` takes."""
+        """``read`` of the body of a successful answer, inside the attempt (what it raises is
+        retried), with the time upstream served the answer (its ``Date``)."""
 
         def note_retry(error: BaseException, delay: float, attempt: int) -> None:
             reason = getattr(error, "reason", "unknown")
@@ -158,13 +156,12 @@ class GlanceClient:
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
-                d, served_at = await self._call_once(operation, params, read)
-                return shape(d), served_at
+                return await self._call_once(operation, params, read)
         raise AssertionError("unreachable: retrying re-raises the last error")
 
     async def _call_once(
-        self, operation: str, params: dict[str, Any], read: Callable[[str, bytes], Any]
-    ) -> tuple[Any, datetime | None]:
+        self, operation: str, params: dict[str, Any], read: Callable[[str, bytes], T]
+    ) -> tuple[T, datetime | None]:
         url = f"{self._settings.base_url}{SERVICE_PATH}/{operation}"
         body = orjson.dumps(
             {"partnerId": self._partner.id, "apiKey": self._partner.api_key.get_secret_value()}
@@ -222,8 +219,8 @@ class GlanceClient:
         operation: str,
         response: aiohttp.ClientResponse,
         payload: bytes,
-        read: Callable[[str, bytes], Any],
-    ) -> Any:
+        read: Callable[[str, bytes], T],
+    ) -> T:
         status = response.status
         if status in (429, 503):
             delay = _retry_after(response.headers.get("Retry-After"), self.clock.latest)
@@ -315,7 +312,6 @@ class GlanceClient:
     async def _page(
         self, operation: str, window: Window, page_size: int, token: int
     ) -> SessionPage:
-        page: SessionPage
         page, served_at = await self._call_served(
             operation,
             {
@@ -326,6 +322,5 @@ class GlanceClient:
                 "nextId": token,
             },
             functools.partial(read_session_page, request_token=token),
-            _as_is,
         )
         return dataclasses.replace(page, served_at=served_at)
