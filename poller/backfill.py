@@ -49,7 +49,7 @@ from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import COMPLETED_SESSIONS, GlanceClient, upstream_tls
 from poller.glance.dates import to_request
 from poller.glance.paging import RepeatedPageToken, Window, split_window
-from poller.glance.records import SessionPage
+from poller.glance.records import NATIVE, SessionPage
 from poller.health import Health
 from poller.logs import get_logger
 from poller.publisher import KafkaPublisher
@@ -476,10 +476,12 @@ class Backfill:
             sessions_upstream=total,
             already_done=done,
             state=str(self._state_path),
+            native_fast_path=NATIVE,
             **self._range_log(),
         )
         pii = PiiPolicy.from_settings(self._settings.events)
         builder = EventBuilder(partner_id, self._settings.topics, pii)
+        client.native = builder.native
         feed = PartnerFeed(partner_id, builder, publisher, state)
         feed.started_enabled = False  # the completed topic (and dead letters) only
         outcome = PartnerOutcome("interrupted", upstream_total=total)

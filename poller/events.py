@@ -12,7 +12,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeGuard
 
 import msgspec
 import orjson
@@ -22,8 +22,11 @@ from poller.errors import BadRecord
 from poller.glance import typed
 from poller.glance.dates import returned_for_event, to_event
 from poller.glance.paging import Window
-from poller.glance.records import SourceRecord
+from poller.glance.records import NATIVE, SourceRecord
 from poller.settings import EventSettings, TopicSettings
+
+if TYPE_CHECKING:
+    from poller import _fastpath
 
 # Fixed forever: changing it changes every event id and breaks consumers' dedup.
 EVENT_ID_NAMESPACE = uuid.UUID("6f0b8a4e-3c1d-5e7f-9a2b-1c4d5e6f7a8b")
@@ -123,6 +126,14 @@ class PiiPolicy:
             if value is not UNSET and value is not None:
                 changes[field] = self._hashed(value)
         return msgspec.structs.replace(guest, **changes)
+
+    def native(self, partner_id: int) -> _fastpath.Builder | None:
+        """The native fast path's builder under this policy, if the fast path is built."""
+        if not NATIVE:
+            return None
+        from poller import _fastpath
+
+        return _fastpath.Builder(partner_id, self.mode, self._salt, EVENT_ID_NAMESPACE.bytes)
 
     def _hashed(self, value: Any) -> str:
         digest = hmac.new(self._salt, str(value).encode(), hashlib.sha256)
@@ -243,6 +254,8 @@ class EventBuilder:
         self._topics = topics
         self._pii = pii
         self._source_header = ("ce_source", f"/glance/partners/{partner_id}".encode())
+        # The native fast path's builder (None without it): the client reads with it too.
+        self.native = pii.native(partner_id)
 
     def completed(self, record: SourceRecord) -> Event:
         return self._session_event(record, "completed", None)
@@ -254,7 +267,19 @@ class EventBuilder:
     def _session_event(
         self, record: SourceRecord, event_type: EventType, observed_active: bool | None
     ) -> Event:
-        if record.session is not None:
+        native = record.native
+        if native is not None and self.native is not None:
+            built = self.native.event(native, event_type == "completed", observed_active)
+            if built is not None:
+                value, ce_id, occurred = built
+                session_id = native.id
+                subject = str(session_id).encode()
+                headers = self._headers(ce_id, event_type, occurred, subject)
+                topic = (
+                    self._topics.completed if event_type == "completed" else self._topics.started
+                )
+                return Event(topic, subject, value, headers, session_id, native.start)
+        elif record.session is not None:
             event = self._typed_event(record, record.session, event_type, observed_active)
             if event is not None:
                 return event

@@ -37,6 +37,7 @@ from poller.errors import (
 )
 from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import GlanceClient, upstream_tls
+from poller.glance.records import NATIVE
 from poller.health import Health
 from poller.logs import get_logger
 from poller.publisher import KafkaPublisher
@@ -140,6 +141,7 @@ class Service:
                     state=str(settings.state.path),
                     metrics_port=self.server_port,
                     once=once,
+                    native_fast_path=NATIVE,
                 )
                 self.health.running = True
                 if not once:
@@ -174,6 +176,7 @@ class Service:
         client = GlanceClient(http, settings.glance, partner, settings.retry)
         pii = PiiPolicy.from_settings(settings.events)
         builder = EventBuilder(partner.id, settings.topics, pii)
+        client.native = builder.native
         feed = PartnerFeed(partner.id, builder, publisher, state)
         feed.started_enabled = settings.started.enabled
         run = PartnerRun(partner, client, feed)

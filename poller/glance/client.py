@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -28,6 +28,9 @@ from poller.glance.records import SessionPage, answer_d, read_session_page
 from poller.logs import get_logger
 from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
+
+if TYPE_CHECKING:
+    from poller._fastpath import Builder
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -125,6 +128,9 @@ class GlanceClient:
         self._partner = partner
         self._retry = retry
         self.clock = ServerClock()
+        # The event builder's native fast path, if any: listings are read and their records
+        # rendered with it (the builder then only joins the parts).
+        self.native: Builder | None = None
 
     @property
     def partner_id(self) -> int:
@@ -321,6 +327,6 @@ class GlanceClient:
                 "nResults": page_size,
                 "nextId": token,
             },
-            functools.partial(read_session_page, request_token=token),
+            functools.partial(read_session_page, request_token=token, native=self.native),
         )
         return dataclasses.replace(page, served_at=served_at)

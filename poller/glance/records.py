@@ -3,14 +3,16 @@
 Only the envelope is checked here (a wrong envelope is a retriable upstream fault); each
 record is judged on its own by the event builder, so that one bad record becomes one dead
 letter, not a failed page. A record in exactly the documented shape is also decoded into a
-typed ``Session`` (``poller.glance.typed``), which the builder turns into an event faster.
+typed ``Session`` (``poller.glance.typed``), which the builder turns into an event faster;
+where the native fast path is built (``native/``, ``poller._fastpath``), such records are read
+and checked in Rust instead, faster still.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -18,6 +20,15 @@ from poller.errors import RetriableUpstreamError
 from poller.glance import typed
 from poller.glance.dates import parse_returned
 
+try:
+    from poller import _fastpath
+except ImportError:  # installed without a Rust toolchain: the Python paths do everything
+    NATIVE = False
+else:
+    NATIVE = True
+
+if TYPE_CHECKING:
+    from poller._fastpath import Builder
 _UNREAD: Any = object()
 
 
@@ -26,9 +37,10 @@ class SourceRecord:
 
     ``raw`` is the record as JSON values (decoded from its own text on first use when it came
     typed); ``session`` is the same record as a typed ``Session``, or None when it does not
-    have exactly the documented shape."""
+    have exactly the documented shape; ``native`` is the record as checked by the native fast
+    path (then ``session`` is None), or None."""
 
-    __slots__ = ("_raw", "_wire", "partner_user_id", "session", "user_name")
+    __slots__ = ("_raw", "_wire", "native", "partner_user_id", "session", "user_name")
 
     def __init__(
         self,
@@ -36,26 +48,31 @@ class SourceRecord:
         partner_user_id: Any,
         raw: Any = _UNREAD,
         *,
-        wire: typed.Raw | None = None,
+        wire: typed.Raw | bytes | None = None,
         session: typed.Session | None = None,
+        native: _fastpath.Session | None = None,
     ) -> None:
-        if raw is _UNREAD and wire is None:
+        if raw is _UNREAD and wire is None and native is None:
             raise TypeError("a SourceRecord needs its raw record or its JSON text")
         self.user_name = user_name
         self.partner_user_id = partner_user_id
         self.session = session
+        self.native = native
         self._raw = raw
         self._wire = wire
 
     @property
     def raw(self) -> Any:
         if self._raw is _UNREAD:
-            assert self._wire is not None
-            self._raw = orjson.loads(memoryview(self._wire))
+            wire = self._wire if self.native is None else self.native.wire
+            assert wire is not None
+            self._raw = orjson.loads(memoryview(wire))
         return self._raw
 
     def start(self) -> datetime | None:
         """When the session started (UTC), or None when the record has no readable start."""
+        if self.native is not None:
+            return self.native.start
         if self.session is not None:
             return self.session.startTime.astimezone(UTC)
         raw = self.raw
@@ -67,7 +84,7 @@ class SourceRecord:
     def __repr__(self) -> str:
         return (
             f"SourceRecord({self.user_name!r}, {self.partner_user_id!r}, {self.raw!r}, "
-            f"typed={self.session is not None})"
+            f"typed={self.session is not None}, native={self.native is not None})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -133,10 +150,17 @@ def answer_d(operation: str, payload: bytes) -> Any:
     return document["d"]
 
 
-def read_session_page(operation: str, payload: bytes, request_token: int) -> SessionPage:
+def read_session_page(
+    operation: str, payload: bytes, request_token: int, *, native: Builder | None = None
+) -> SessionPage:
     """A listing's answer as a page. The envelope is decoded in one pass with each record
     left as its own text; any envelope it cannot read goes through ``parse_session_page``,
-    which says what is wrong with it."""
+    which says what is wrong with it. With ``native`` (an ``EventBuilder``'s), records in
+    the documented shape are read, checked and rendered by the native fast path."""
+    if native is not None:
+        page = _read_natively(operation, payload, request_token, native)
+        if page is not None:
+            return page
     try:
         listing = typed.ENVELOPE.decode(payload).d
     except typed.DecodeError:
@@ -147,17 +171,42 @@ def read_session_page(operation: str, payload: bytes, request_token: int) -> Ses
             continue
         user_name = user.userName
         partner_user_id = user.partnerUserId
-        for wire in user.sessions:
-            try:
-                session = typed.SESSION.decode(wire)
-            except typed.DecodeError:
-                records.append(_untyped(operation, user_name, partner_user_id, wire))
-                continue
-            records.append(SourceRecord(user_name, partner_user_id, wire=wire, session=session))
+        records.extend(
+            _typed_or_not(operation, user_name, partner_user_id, wire) for wire in user.sessions
+        )
     return SessionPage(request_token, listing.nextId or 0, records)
 
 
-def _untyped(operation: str, user_name: Any, partner_user_id: Any, wire: typed.Raw) -> SourceRecord:
+def _read_natively(
+    operation: str, payload: bytes, request_token: int, builder: Builder
+) -> SessionPage | None:
+    listing = _fastpath.read_listing(payload, builder)
+    if listing is None:
+        return None
+    next_token, users = listing
+    records: list[SourceRecord] = []
+    for user_name, partner_user_id, sessions in users:
+        for item in sessions:
+            if isinstance(item, bytes):
+                records.append(_typed_or_not(operation, user_name, partner_user_id, item))
+            else:
+                records.append(SourceRecord(user_name, partner_user_id, native=item))
+    return SessionPage(request_token, next_token, records)
+
+
+def _typed_or_not(
+    operation: str, user_name: Any, partner_user_id: Any, wire: typed.Raw | bytes
+) -> SourceRecord:
+    try:
+        session = typed.SESSION.decode(wire)
+    except typed.DecodeError:
+        return _untyped(operation, user_name, partner_user_id, wire)
+    return SourceRecord(user_name, partner_user_id, wire=wire, session=session)
+
+
+def _untyped(
+    operation: str, user_name: Any, partner_user_id: Any, wire: typed.Raw | bytes
+) -> SourceRecord:
     try:
         raw = orjson.loads(memoryview(wire))
     except orjson.JSONDecodeError as exc:

@@ -45,6 +45,8 @@ class Delivered:
 
 
 def record_id(record: SourceRecord) -> int | None:
+    if record.native is not None:
+        return record.native.id  # checked in Rust: a positive integer
     if record.session is not None:
         return record.session.id  # typed: a positive integer, and its raw is never decoded
     raw = record.raw

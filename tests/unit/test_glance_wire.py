@@ -10,9 +10,11 @@ import orjson
 import pytest
 
 from poller.errors import RetriableUpstreamError
+from poller.events import EventBuilder, PiiPolicy
 from poller.glance.dates import parse_returned, to_event, to_request
 from poller.glance.paging import Paginator, RepeatedPageToken, Window, split_window
 from poller.glance.records import SessionPage, parse_session_page, read_session_page
+from poller.settings import TopicSettings
 
 
 def test_request_dates_are_explicit_utc_whole_seconds() -> None:
@@ -97,7 +99,18 @@ def read_typed(d: object, request_token: int) -> SessionPage:
     return read_session_page("PartnerCompletedSessions", orjson.dumps({"d": d}), request_token)
 
 
-READERS = pytest.mark.parametrize("read", [parse_session_page, read_typed], ids=["json", "typed"])
+def read_native(d: object, request_token: int) -> SessionPage:
+    """The client's reader with the native fast path (Rust), msgspec for what it declines."""
+    builder = EventBuilder(1, TopicSettings(), PiiPolicy("keep"))
+    assert builder.native is not None, "the native fast path is not built"
+    return read_session_page(
+        "PartnerCompletedSessions", orjson.dumps({"d": d}), request_token, native=builder.native
+    )
+
+
+READERS = pytest.mark.parametrize(
+    "read", [parse_session_page, read_typed, read_native], ids=["json", "typed", "native"]
+)
 
 
 @READERS

@@ -1,9 +1,12 @@
-"""The typed path (records decoded by msgspec) and the general path (JSON values) agree.
+"""The fast paths (records checked in Rust, or decoded by msgspec) and the general path
+(JSON values) agree.
 
-A listing's records in exactly the documented shape are decoded into typed structs and built
-into events without the general path's field-by-field checks; everything else takes the
-general path. Whichever path a record takes, its event (or its dead-letter reason) must be
-the same: these tests build every record both ways and compare.
+A listing's records in exactly the documented shape are read by the native fast path
+(``native/``, ``poller._fastpath``) or decoded into typed msgspec structs, and built into
+events without the general path's field-by-field checks; everything else takes the general
+path. Whichever path a record takes, its event (or its dead-letter reason) must be the same:
+these tests build every record each way and compare. Each test runs with the native path
+(falling back to msgspec for what it declines) and with msgspec alone.
 """
 
 from __future__ import annotations
@@ -18,10 +21,22 @@ from hypothesis import strategies as st
 
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, PiiPolicy
-from poller.glance.records import SourceRecord, parse_session_page, read_session_page
+from poller.glance.records import NATIVE, SourceRecord, parse_session_page, read_session_page
 from poller.settings import TopicSettings
 
 POLICIES = (PiiPolicy("keep"), PiiPolicy("hash", "salt"), PiiPolicy("drop"))
+FAST_PATHS = pytest.mark.parametrize("native", [True, False], ids=["native", "msgspec"])
+
+
+def test_the_native_fast_path_is_built() -> None:
+    """`make install` builds it (Rust, native/); without it every other test here would
+    quietly measure the msgspec path twice."""
+    assert NATIVE, "poller._fastpath is missing: install Rust (cargo) and run `make install`"
+
+
+def took_fast_path(record: SourceRecord, native: bool) -> bool:
+    """Whether the record took the fast path under test."""
+    return (record.native if native else record.session) is not None
 
 
 def listing(records: list[Any], user_name: Any = "agent", partner_user_id: Any = "puid") -> bytes:
@@ -45,9 +60,22 @@ def listing(records: list[Any], user_name: Any = "agent", partner_user_id: Any =
     )
 
 
-def both_ways(payload: bytes) -> tuple[list[SourceRecord], list[SourceRecord]]:
-    """The page as the client reads it (typed where it can) and as JSON values only."""
-    typed = read_session_page("PartnerCompletedSessions", payload, 0).records
+def builder_for(pii: PiiPolicy) -> EventBuilder:
+    return EventBuilder(12345, TopicSettings(), pii)
+
+
+def read_fast(
+    payload: bytes, native: bool = True, builder: EventBuilder | None = None
+) -> list[SourceRecord]:
+    """The page as the client reads it: fast where it can, natively with ``builder``'s
+    policy (the native path renders records as it reads them) or with msgspec alone."""
+    fast_path = (builder or builder_for(POLICIES[0])).native if native else None
+    return read_session_page("PartnerCompletedSessions", payload, 0, native=fast_path).records
+
+
+def both_ways(payload: bytes, native: bool = True) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """The page read fast and as JSON values only."""
+    typed = read_fast(payload, native)
     general = parse_session_page(orjson.loads(payload)["d"], 0).records
     assert len(typed) == len(general)
     return typed, general
@@ -71,17 +99,24 @@ def outcome(builder: EventBuilder, kind: str, record: SourceRecord) -> tuple[Any
     )
 
 
-def assert_same_events(typed: SourceRecord, general: SourceRecord) -> None:
+def assert_same_events(payload: bytes, native: bool = True) -> None:
+    """Every record of the page gives the same events read fast as read as JSON values,
+    under every PII policy, as completed and as started."""
+    general = parse_session_page(orjson.loads(payload)["d"], 0).records
     for pii in POLICIES:
-        builder = EventBuilder(12345, TopicSettings(), pii)
-        for kind in ("completed", "started, seen open", "started, seen ended"):
-            assert outcome(builder, kind, typed) == outcome(builder, kind, general), (
-                pii.mode,
-                kind,
-            )
-    # Building never changes the record: its started and completed events come from it too.
-    assert typed.raw == general.raw
-    assert typed.start() == general.start()
+        builder = builder_for(pii)
+        typed = read_fast(payload, native, builder)
+        assert len(typed) == len(general)
+        for fast_record, slow in zip(typed, general, strict=True):
+            for kind in ("completed", "started, seen open", "started, seen ended"):
+                assert outcome(builder, kind, fast_record) == outcome(builder, kind, slow), (
+                    pii.mode,
+                    kind,
+                )
+            # Building never changes the record: its started and completed events come
+            # from it too.
+            assert fast_record.raw == slow.raw
+            assert fast_record.start() == slow.start()
 
 
 def documented_record(**changes: Any) -> dict[str, Any]:
@@ -116,15 +151,16 @@ def documented_record(**changes: Any) -> dict[str, Any]:
     return record
 
 
-def test_the_seed_sample_takes_the_typed_path_with_byte_identical_events(
-    seed_sample: dict[str, Any],
+@FAST_PATHS
+def test_the_seed_sample_takes_the_fast_path_with_byte_identical_events(
+    seed_sample: dict[str, Any], native: bool
 ) -> None:
     payload = orjson.dumps(seed_sample)
-    typed, general = both_ways(payload)
-    assert typed and all(record.session is not None for record in typed)
-    for fast, slow in zip(typed, general, strict=True):
-        assert_same_events(fast, slow)
-        builder = EventBuilder(12345, TopicSettings(), PiiPolicy("keep"))
+    typed, general = both_ways(payload, native)
+    assert typed and all(took_fast_path(record, native) for record in typed)
+    assert_same_events(payload, native)
+    builder = builder_for(PiiPolicy("keep"))
+    for fast, slow in zip(read_fast(payload, native, builder), general, strict=True):
         assert builder.completed(fast).value == builder.completed(slow).value
 
 
@@ -141,45 +177,55 @@ def test_the_seed_sample_takes_the_typed_path_with_byte_identical_events(
         ({"guests": [{"type": "agent", "clientVersion": 7}]}, "a mistyped guest field"),
     ],
 )
+@FAST_PATHS
 def test_a_record_off_the_documented_shape_takes_the_general_path(
-    change: dict[str, Any], why: str
+    change: dict[str, Any], why: str, native: bool
 ) -> None:
-    typed, general = both_ways(listing([documented_record(**change)]))
-    assert typed[0].session is None, why
-    assert_same_events(typed[0], general[0])
+    payload = listing([documented_record(**change)])
+    typed, _ = both_ways(payload, native)
+    assert typed[0].session is None and typed[0].native is None, why
+    assert_same_events(payload, native)
 
 
 @pytest.mark.parametrize(
     "start", ["2020-02-12T06:41:12-05:00", "2020-02-12T11:41:12.250Z", "2020-02-12t11:41:12z"]
 )
-def test_a_date_in_another_rfc3339_form_gives_the_event_form(start: str) -> None:
-    typed, general = both_ways(listing([documented_record(startTime=start)]))
-    assert_same_events(typed[0], general[0])
-    value = orjson.loads(EventBuilder(1, TopicSettings(), POLICIES[0]).completed(typed[0]).value)
+@FAST_PATHS
+def test_a_date_in_another_rfc3339_form_gives_the_event_form(start: str, native: bool) -> None:
+    payload = listing([documented_record(startTime=start)])
+    assert_same_events(payload, native)
+    builder = builder_for(POLICIES[0])
+    value = orjson.loads(builder.completed(read_fast(payload, native, builder)[0]).value)
     assert value["session"]["startTime"].startswith("2020-02-12T11:41:12")
     assert value["session"]["startTime"].endswith("Z")
 
 
-def test_fields_the_typed_path_passes_on_unchanged() -> None:
+@FAST_PATHS
+def test_fields_the_fast_path_passes_on_unchanged(native: bool) -> None:
     """Missing stays missing and null stays null; __type goes; key becomes text."""
     record = documented_record(key=1111, width=None, guests=[{"__type": "g", "location": None}])
     del record["height"]
-    typed, general = both_ways(listing([record]))
-    assert typed[0].session is not None
-    assert_same_events(typed[0], general[0])
-    session = orjson.loads(EventBuilder(1, TopicSettings(), POLICIES[0]).completed(typed[0]).value)
+    payload = listing([record])
+    builder = builder_for(POLICIES[0])
+    typed = read_fast(payload, native, builder)
+    assert took_fast_path(typed[0], native)
+    assert_same_events(payload, native)
+    session = orjson.loads(builder.completed(typed[0]).value)
     assert session["session"]["width"] is None and "height" not in session["session"]
     assert session["session"]["key"] == "1111"
     assert session["session"]["guests"] == [{"location": None}]
 
 
-def test_integers_beyond_64_bits() -> None:
+@FAST_PATHS
+def test_integers_beyond_64_bits(native: bool) -> None:
     """The one known difference: orjson, which reads the general path's records, reads such
-    an integer as the nearest float; msgspec reads and writes it exactly."""
+    an integer as the nearest float; msgspec reads and writes it exactly (the native path
+    leaves such a record to msgspec)."""
     huge = str(2**64 + 1).encode()
     payload = listing([documented_record(kbytes=123456789)]).replace(b"123456789", huge)
-    typed, general = both_ways(payload)
-    builder = EventBuilder(1, TopicSettings(), POLICIES[0])
+    typed, general = both_ways(payload, native)
+    assert typed[0].native is None
+    builder = builder_for(POLICIES[0])
     assert orjson.loads(builder.completed(general[0]).value)["session"]["kbytes"] == float(2**64)
     assert b'"kbytes":' + huge + b"," in builder.completed(typed[0]).value
 
@@ -320,41 +366,148 @@ documented = st.builds(
 )
 
 
+# ... and in the narrower shape the native path takes: integers, and event-form dates only.
+native_guest = st.fixed_dictionaries(
+    {},
+    optional={
+        "__type": text,
+        "type": maybe_text,
+        "status": maybe_text,
+        "startTime": st.one_of(event_form, st.none()),
+        "duration": st.one_of(st.integers(-(2**63), 2**63 - 1), st.none()),
+        "kbytes": st.one_of(st.integers(0, 10**9), st.none()),
+        "ip": maybe_text,
+        "location": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "__type": text,
+                    "city": maybe_text,
+                    "region": maybe_text,
+                    "countryCode": maybe_text,
+                },
+            ),
+            st.none(),
+        ),
+        "name": maybe_text,
+        "email": maybe_text,
+        "phone": maybe_text,
+        "error": maybe_text,
+        "clientVersion": maybe_text,
+        "protocolVersion": st.one_of(st.integers(-(2**63), 2**63 - 1), maybe_text),
+    },
+)
+native_documented = st.builds(
+    documented_record,
+    id=st.integers(1, 2**63 - 1),
+    startTime=event_form,
+    width=st.one_of(st.integers(-(2**63), 2**63 - 1), st.none()),
+    duration=st.one_of(st.integers(-1, 10**11), st.none()),
+    key=st.one_of(text, st.integers(-(2**63), 2**63 - 1), st.none()),
+    isReverse=st.one_of(st.booleans(), st.none()),
+    guests=st.one_of(st.lists(native_guest, max_size=3), st.none()),
+)
+
+
+@FAST_PATHS
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    records=st.lists(st.one_of(documented, session), min_size=1, max_size=4),
+    records=st.lists(st.one_of(documented, native_documented, session), min_size=1, max_size=4),
     user_name=st.one_of(text, st.none(), st.integers(0, 3)),
     partner_user_id=st.one_of(text, st.none()),
 )
 def test_every_record_gives_the_same_event_either_way(
-    records: list[dict[str, Any]], user_name: Any, partner_user_id: Any
+    records: list[dict[str, Any]], user_name: Any, partner_user_id: Any, native: bool
 ) -> None:
-    typed, general = both_ways(listing(records, user_name, partner_user_id))
-    for fast, slow in zip(typed, general, strict=True):
-        assert_same_events(fast, slow)
+    assert_same_events(listing(records, user_name, partner_user_id), native)
 
 
-def test_the_strategy_reaches_the_typed_path() -> None:
-    """Without this, the property above could pass by never taking the typed path."""
-    typed = 0
+@FAST_PATHS
+def test_the_strategy_reaches_the_fast_path(native: bool) -> None:
+    """Without this, the property above could pass by never taking the fast path."""
+    taken = 0
 
     @settings(max_examples=100, deadline=None)
-    @given(record=documented)
+    @given(record=st.one_of(documented, native_documented))
     def count(record: dict[str, Any]) -> None:
-        nonlocal typed
-        typed += read_session_page("op", listing([record]), 0).records[0].session is not None
+        nonlocal taken
+        taken += took_fast_path(read_fast(listing([record]), native)[0], native)
 
     count()
-    assert typed > 20
+    assert taken > 20
 
 
-def test_the_started_stream_finds_the_oldest_open_start_in_typed_records() -> None:
+@FAST_PATHS
+def test_the_started_stream_finds_the_oldest_open_start_in_fast_records(native: bool) -> None:
     """The fast scan looks back to the oldest session the started stream saw open."""
     from poller.streams.started import _earliest_start
 
-    starts = ["2026-03-10T12:00:05Z", "2026-03-10T11:58:00Z", "2026-03-10T12:01:00+00:00"]
+    starts = ["2026-03-10T12:00:05Z", "2026-03-10T11:58:00Z", "2026-03-10T12:01:00Z"]
     payload = listing([documented_record(id=n + 1, startTime=s) for n, s in enumerate(starts)])
-    typed, general = both_ways(payload)
-    assert all(record.session is not None for record in typed)
+    typed, general = both_ways(payload, native)
+    assert all(took_fast_path(record, native) for record in typed)
     oldest = datetime(2026, 3, 10, 11, 58, tzinfo=UTC)
     assert _earliest_start(typed, None) == _earliest_start(general, None) == oldest
+
+
+SESSION_AS_ARRAY = '["ActivityService+session", 5, "G", "C", "2026-02-08T12:00:22Z"]'
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (SESSION_AS_ARRAY, "a record as an array of its fields in order"),
+        ('{"id": 5, "startTime": "2026-02-08T12:00:22Z", "guests": [["host"]]}', "a guest"),
+        (
+            '{"id": 5, "startTime": "2026-02-08T12:00:22Z", "duration": 3,'
+            ' "guests": [{"location": ["Boston"]}]}',
+            "a location",
+        ),
+        (
+            '{"id": 5, "id": 6, "startTime": "2026-02-08T12:00:22Z", "duration": 3}',
+            "a repeated field",
+        ),
+        ('{"id": 5, "startTime": "2026-02-08T12:00:22Z", "duration": 3.0}', "a float"),
+        ('{"id": 9223372036854775808, "startTime": "2026-02-08T12:00:22Z"}', "an id past int64"),
+        ('{"id": 5, "startTime": "9999-12-31T23:59:59Z", "duration": 1}', "an end past 9999"),
+    ],
+)
+def test_the_native_path_leaves_what_it_would_bend_to_python(text: str, why: str) -> None:
+    """serde reads a struct from an array too, and a float or an out-of-range integer could
+    be rounded: the native path declines each, and the outcome is the Python paths'."""
+    payload = listing([]).replace(b'"sessions":[]', b'"sessions":[' + text.encode() + b"]")
+    builder = builder_for(POLICIES[0])
+    typed = read_fast(payload, True, builder)
+    assert len(typed) == 1
+    if typed[0].native is not None:
+        assert outcome(builder, "completed", typed[0])[0] == "dead letter", why
+    assert_same_events(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'[{"nextId": 0, "users": []}]',
+        b'{"d": [0, []]}',
+        b'{"d": {"users": [["agent", null, []]]}}',
+    ],
+)
+def test_an_envelope_as_arrays_is_refused_by_both_readers(payload: bytes) -> None:
+    from poller.errors import RetriableUpstreamError
+
+    for native in (True, False):
+        with pytest.raises(RetriableUpstreamError):
+            read_fast(payload, native)
+
+
+def test_a_record_read_under_another_policy_gets_the_builders_own() -> None:
+    """The native path renders a record under the policy of the builder it was read with; a
+    builder with another policy builds it from its text instead, never with the first's."""
+    payload = listing([documented_record()])
+    keep, hashed = builder_for(PiiPolicy("keep")), builder_for(PiiPolicy("hash", "salt"))
+    record = read_fast(payload, True, keep)[0]
+    assert record.native is not None
+    general = parse_session_page(orjson.loads(payload)["d"], 0).records[0]
+    built = outcome(hashed, "completed", record)
+    assert built == outcome(hashed, "completed", general)
+    assert built[2]["session"]["guests"][0]["email"].startswith("sha256:")

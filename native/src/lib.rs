@@ -1,0 +1,211 @@
+//! glance-poller's native fast path (`poller._fastpath`).
+//!
+//! The backfill spent most of its CPU reading session records and writing them out again as
+//! events, a few microseconds of Python per field. Here a listing is read, each record in the
+//! documented shape checked, and its event value written, in Rust. Everything this module
+//! declines (see `wire.rs`) takes the Python paths, which remain the definition of an event:
+//! tests/unit/test_typed_records.py builds every generated record every way and compares.
+
+mod dates;
+mod render;
+mod wire;
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDateTime, PyString, PyTzInfo};
+
+use crate::render::Pii;
+
+/// A session record in the documented shape, checked and rendered in Rust when its page was
+/// read: building its event then only joins the parts.
+#[pyclass(frozen, module = "poller._fastpath")]
+struct Session {
+    #[pyo3(get)]
+    id: i64,
+    /// When it started, an aware UTC datetime.
+    #[pyo3(get)]
+    start: Py<PyDateTime>,
+    start_text: [u8; 20],
+    /// When it ended, if it has a usable duration.
+    end_text: Option<[u8; 20]>,
+    /// The event's `session` object, without its closing brace.
+    body: Box<str>,
+    /// `,"userName":…,"partnerUserId":…`, shared by the user's records.
+    owner: Arc<str>,
+    /// The builder whose PII policy rendered `body`.
+    builder: Py<Builder>,
+    /// The listing and where in it this record's JSON text lies.
+    payload: Py<PyBytes>,
+    span: (usize, usize),
+}
+
+#[pymethods]
+impl Session {
+    /// The record's JSON text, as upstream sent it.
+    #[getter]
+    fn wire<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let (from, to) = self.span;
+        PyBytes::new(py, &self.payload.bind(py).as_bytes()[from..to])
+    }
+}
+
+type UserRecords = (Py<PyAny>, Py<PyAny>, Vec<Py<PyAny>>);
+
+/// A listing's `nextId` and, per user, its name, partner user id and records: a `Session`
+/// (rendered under `builder`'s PII policy) for each record in the documented shape, the JSON
+/// text (bytes) of any other. None when the envelope is not the plain documented one (the
+/// Python reader then reads the page and says what is wrong with it).
+#[pyfunction]
+fn read_listing(
+    py: Python<'_>,
+    payload: Bound<'_, PyBytes>,
+    builder: Bound<'_, Builder>,
+) -> PyResult<Option<(u64, Vec<UserRecords>)>> {
+    let bytes = payload.as_bytes();
+    let Ok(wire::Obj(answer)) = serde_json::from_slice::<wire::Obj<wire::Answer<'_>>>(bytes) else {
+        return Ok(None);
+    };
+    let pii = &builder.get().pii;
+    let utc = PyTzInfo::utc(py)?;
+    let mut users = Vec::new();
+    for wire::Obj(user) in answer.d.0.users.unwrap_or_default() {
+        let Some(sessions) = user.sessions else {
+            continue;
+        };
+        let owner: Arc<str> =
+            render::render_owner(user.user_name.as_deref(), user.partner_user_id.as_deref()).into();
+        let mut records = Vec::with_capacity(sessions.len());
+        for raw in sessions {
+            let text = raw.get();
+            let Some(checked) = wire::check(text) else {
+                records.push(PyBytes::new(py, text.as_bytes()).into_any().unbind());
+                continue;
+            };
+            let (year, month, day, hour, minute, second) =
+                dates::civil(checked.start).expect("a parsed event-form date is in range");
+            let start = PyDateTime::new(
+                py,
+                year as i32,
+                month as u8,
+                day as u8,
+                hour as u8,
+                minute as u8,
+                second as u8,
+                0,
+                Some(&utc),
+            )?;
+            let from = text.as_ptr() as usize - bytes.as_ptr() as usize;
+            let session = Session {
+                id: checked.session.id as i64,
+                start: start.unbind(),
+                start_text: dates::format_event_form(checked.start)
+                    .expect("a parsed event-form date is in range"),
+                end_text: render::end_of(&checked.session, checked.start),
+                body: render::render_session(&checked.session, pii).into(),
+                owner: Arc::clone(&owner),
+                builder: builder.clone().unbind(),
+                payload: payload.clone().unbind(),
+                span: (from, from + text.len()),
+            };
+            records.push(Py::new(py, session)?.into_any());
+        }
+        users.push((
+            optional_str(py, user.user_name.as_deref()),
+            optional_str(py, user.partner_user_id.as_deref()),
+            records,
+        ));
+    }
+    Ok(Some((answer.d.0.next_id.unwrap_or(0), users)))
+}
+
+fn optional_str(py: Python<'_>, value: Option<&str>) -> Py<PyAny> {
+    match value {
+        Some(value) => PyString::new(py, value).into_any().unbind(),
+        None => py.None(),
+    }
+}
+
+/// One partner's PII policy and event ids: renders the records `read_listing` reads with
+/// it, and joins their parts into events.
+#[pyclass(frozen, module = "poller._fastpath")]
+struct Builder {
+    partner_id: i64,
+    pii: Pii,
+    namespace: Vec<u8>,
+}
+
+#[pymethods]
+impl Builder {
+    #[new]
+    fn new(partner_id: i64, pii_mode: &str, salt: &[u8], namespace: &[u8]) -> PyResult<Self> {
+        let pii = Pii::new(pii_mode, salt)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown PII policy {pii_mode:?}")))?;
+        if namespace.len() != 16 {
+            return Err(PyValueError::new_err(
+                "the event id namespace is a 16-byte UUID",
+            ));
+        }
+        Ok(Builder {
+            partner_id,
+            pii,
+            namespace: namespace.to_vec(),
+        })
+    }
+
+    /// `(value, ce_id, ce_time)` of the session's completed or started event, or None when
+    /// the Python paths must decide: the general path makes the dead letter of a completed
+    /// session without a usable end, and a record read by another builder (another PII
+    /// policy) is built again from its text.
+    #[pyo3(signature = (session, completed, observed_active))]
+    fn event<'py>(
+        slf: &Bound<'py, Self>,
+        session: &Session,
+        completed: bool,
+        observed_active: Option<bool>,
+    ) -> Option<(
+        Bound<'py, PyBytes>,
+        Bound<'py, PyString>,
+        Bound<'py, PyBytes>,
+    )> {
+        if !session.builder.is(slf) {
+            return None;
+        }
+        let this = slf.get();
+        let py = slf.py();
+        let (end, occurred) = if completed {
+            let end = session.end_text.as_ref()?;
+            (Some(end), end)
+        } else {
+            (None, &session.start_text)
+        };
+        let value = render::event_value(
+            this.partner_id,
+            &session.owner,
+            observed_active,
+            &session.body,
+            end,
+        );
+        let event_type = if completed { "completed" } else { "started" };
+        let ce_id = render::event_id(
+            &this.namespace,
+            this.partner_id,
+            session.id as u64,
+            event_type,
+        );
+        Some((
+            PyBytes::new(py, &value),
+            PyString::new(py, &ce_id),
+            PyBytes::new(py, occurred),
+        ))
+    }
+}
+
+#[pymodule]
+fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Session>()?;
+    module.add_class::<Builder>()?;
+    module.add_function(wrap_pyfunction!(read_listing, module)?)?;
+    Ok(())
+}
