@@ -30,6 +30,8 @@ struct Session {
     start_text: [u8; 20],
     /// When it ended, if it has a usable duration.
     end_text: Option<[u8; 20]>,
+    /// Its completed event's value and id, built while its page was read.
+    completed: Option<Completed>,
     /// The event's `session` object, without its closing brace.
     body: Box<str>,
     /// `,"userName":…,"partnerUserId":…`, shared by the user's records.
@@ -53,22 +55,38 @@ impl Session {
 
 type UserRecords = (Py<PyAny>, Py<PyAny>, Vec<Py<PyAny>>);
 
-/// A listing's `nextId` and, per user, its name, partner user id and records: a `Session`
-/// (rendered under `builder`'s PII policy) for each record in the documented shape, the JSON
-/// text (bytes) of any other. None when the envelope is not the plain documented one (the
-/// Python reader then reads the page and says what is wrong with it).
-#[pyfunction]
-fn read_listing(
-    py: Python<'_>,
-    payload: Bound<'_, PyBytes>,
-    builder: Bound<'_, Builder>,
-) -> PyResult<Option<(u64, Vec<UserRecords>)>> {
-    let bytes = payload.as_bytes();
-    let Ok(wire::Obj(answer)) = serde_json::from_slice::<wire::Obj<wire::Answer<'_>>>(bytes) else {
-        return Ok(None);
-    };
-    let pii = &builder.get().pii;
-    let utc = PyTzInfo::utc(py)?;
+/// An event's value and id.
+struct Completed {
+    value: Box<[u8]>,
+    ce_id: Box<str>,
+}
+
+/// A record as the GIL-free pass leaves it: checked and rendered, or declined.
+enum Prepared {
+    Declined {
+        span: (usize, usize),
+    },
+    Checked {
+        id: i64,
+        start: i64,
+        end_text: Option<[u8; 20]>,
+        completed: Option<Completed>,
+        body: Box<str>,
+        span: (usize, usize),
+    },
+}
+
+struct PreparedUser {
+    user_name: Option<String>,
+    partner_user_id: Option<String>,
+    owner: Arc<str>,
+    records: Vec<Prepared>,
+}
+
+/// Everything that needs no Python object: the envelope, each record's check and its
+/// rendering. Runs with the GIL released, so a page can be read beside the event loop.
+fn prepare(bytes: &[u8], builder: &Builder) -> Option<(u64, Vec<PreparedUser>)> {
+    let wire::Obj(answer) = serde_json::from_slice::<wire::Obj<wire::Answer<'_>>>(bytes).ok()?;
     let mut users = Vec::new();
     for wire::Obj(user) in answer.d.0.users.unwrap_or_default() {
         let Some(sessions) = user.sessions else {
@@ -76,40 +94,103 @@ fn read_listing(
         };
         let owner: Arc<str> =
             render::render_owner(user.user_name.as_deref(), user.partner_user_id.as_deref()).into();
-        let mut records = Vec::with_capacity(sessions.len());
-        for raw in sessions {
-            let text = raw.get();
-            let Some(checked) = wire::check(text) else {
-                records.push(PyBytes::new(py, text.as_bytes()).into_any().unbind());
-                continue;
-            };
-            let (year, month, day, hour, minute, second) =
-                dates::civil(checked.start).expect("a parsed event-form date is in range");
-            let start = PyDateTime::new(
-                py,
-                year as i32,
-                month as u8,
-                day as u8,
-                hour as u8,
-                minute as u8,
-                second as u8,
-                0,
-                Some(&utc),
-            )?;
-            let from = text.as_ptr() as usize - bytes.as_ptr() as usize;
-            let session = Session {
-                id: checked.session.id as i64,
-                start: start.unbind(),
-                start_text: dates::format_event_form(checked.start)
-                    .expect("a parsed event-form date is in range"),
-                end_text: render::end_of(&checked.session, checked.start),
-                body: render::render_session(&checked.session, pii).into(),
-                owner: Arc::clone(&owner),
-                builder: builder.clone().unbind(),
-                payload: payload.clone().unbind(),
-                span: (from, from + text.len()),
-            };
-            records.push(Py::new(py, session)?.into_any());
+        let records = sessions
+            .into_iter()
+            .map(|raw| {
+                let text = raw.get();
+                let from = text.as_ptr() as usize - bytes.as_ptr() as usize;
+                let span = (from, from + text.len());
+                let Some(checked) = wire::check(text) else {
+                    return Prepared::Declined { span };
+                };
+                let body: Box<str> = render::render_session(&checked.session, &builder.pii).into();
+                let end_text = render::end_of(&checked.session, checked.start);
+                // Nearly every record read becomes a completed event: built here, off the GIL.
+                let completed = end_text
+                    .as_ref()
+                    .map(|end| builder.build(checked.session.id, &owner, None, &body, Some(end)));
+                Prepared::Checked {
+                    id: checked.session.id as i64,
+                    start: checked.start,
+                    end_text,
+                    completed,
+                    body,
+                    span,
+                }
+            })
+            .collect();
+        users.push(PreparedUser {
+            user_name: user.user_name,
+            partner_user_id: user.partner_user_id,
+            owner,
+            records,
+        });
+    }
+    Some((answer.d.0.next_id.unwrap_or(0), users))
+}
+
+/// A listing's `nextId` and, per user, its name, partner user id and records: a `Session`
+/// (rendered under `builder`'s PII policy) for each record in the documented shape, the JSON
+/// text (bytes) of any other. None when the envelope is not the plain documented one (the
+/// Python reader then reads the page and says what is wrong with it). The reading itself
+/// runs without the GIL.
+#[pyfunction]
+fn read_listing(
+    py: Python<'_>,
+    payload: Bound<'_, PyBytes>,
+    builder: Bound<'_, Builder>,
+) -> PyResult<Option<(u64, Vec<UserRecords>)>> {
+    let bytes = payload.as_bytes();
+    let this = builder.get();
+    let Some((next_id, prepared)) = py.detach(|| prepare(bytes, this)) else {
+        return Ok(None);
+    };
+    let utc = PyTzInfo::utc(py)?;
+    let mut users = Vec::with_capacity(prepared.len());
+    for user in prepared {
+        let mut records = Vec::with_capacity(user.records.len());
+        for record in user.records {
+            match record {
+                Prepared::Declined { span: (from, to) } => {
+                    records.push(PyBytes::new(py, &bytes[from..to]).into_any().unbind());
+                }
+                Prepared::Checked {
+                    id,
+                    start,
+                    end_text,
+                    completed,
+                    body,
+                    span,
+                } => {
+                    let (year, month, day, hour, minute, second) =
+                        dates::civil(start).expect("a parsed event-form date is in range");
+                    let start_time = PyDateTime::new(
+                        py,
+                        year as i32,
+                        month as u8,
+                        day as u8,
+                        hour as u8,
+                        minute as u8,
+                        second as u8,
+                        0,
+                        Some(&utc),
+                    )?;
+                    let session = Session {
+                        id,
+                        start: start_time.unbind(),
+                        start_text: dates::format_event_form(start)
+                            .expect("a parsed event-form date is in range"),
+                        end_text,
+                        completed,
+                        body,
+                        owner: Arc::clone(&user.owner),
+                        builder: builder.clone().unbind(),
+                        payload: payload.clone().unbind(),
+                        span,
+                    };
+                    records.push(Py::new(py, session)?.into_any());
+                }
+            }
         }
         users.push((
             optional_str(py, user.user_name.as_deref()),
@@ -117,7 +198,7 @@ fn read_listing(
             records,
         ));
     }
-    Ok(Some((answer.d.0.next_id.unwrap_or(0), users)))
+    Ok(Some((next_id, users)))
 }
 
 fn optional_str(py: Python<'_>, value: Option<&str>) -> Py<PyAny> {
@@ -174,31 +255,58 @@ impl Builder {
         }
         let this = slf.get();
         let py = slf.py();
+        if completed {
+            let end = session.end_text.as_ref()?;
+            if let (None, Some(built)) = (observed_active, &session.completed) {
+                return Some((
+                    PyBytes::new(py, &built.value),
+                    PyString::new(py, &built.ce_id),
+                    PyBytes::new(py, end),
+                ));
+            }
+        }
         let (end, occurred) = if completed {
             let end = session.end_text.as_ref()?;
             (Some(end), end)
         } else {
             (None, &session.start_text)
         };
-        let value = render::event_value(
-            this.partner_id,
+        let built = this.build(
+            session.id as u64,
             &session.owner,
             observed_active,
             &session.body,
             end,
         );
-        let event_type = if completed { "completed" } else { "started" };
-        let ce_id = render::event_id(
-            &this.namespace,
-            this.partner_id,
-            session.id as u64,
-            event_type,
-        );
         Some((
-            PyBytes::new(py, &value),
-            PyString::new(py, &ce_id),
+            PyBytes::new(py, &built.value),
+            PyString::new(py, &built.ce_id),
             PyBytes::new(py, occurred),
         ))
+    }
+}
+
+impl Builder {
+    /// An event's value and id; `end` makes it the completed event.
+    fn build(
+        &self,
+        session_id: u64,
+        owner: &str,
+        observed_active: Option<bool>,
+        body: &str,
+        end: Option<&[u8; 20]>,
+    ) -> Completed {
+        let value = render::event_value(self.partner_id, owner, observed_active, body, end);
+        let event_type = if end.is_some() {
+            "completed"
+        } else {
+            "started"
+        };
+        let ce_id = render::event_id(&self.namespace, self.partner_id, session_id, event_type);
+        Completed {
+            value: value.into(),
+            ce_id: ce_id.into(),
+        }
     }
 }
 

@@ -43,6 +43,8 @@ def _as_is(d: Any) -> Any:
 SERVICE_PATH = "/services/activityservice.asmx"
 COMPLETED_SESSIONS = "PartnerCompletedSessions"
 SESSION_COUNTS = "PartnerSessionCounts"
+# Answers at least this large (listing pages) are read in a worker thread.
+READ_IN_THREAD_BYTES = 64 * 1024
 
 
 def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
@@ -187,7 +189,12 @@ class GlanceClient:
                 outcome = f"{response.status // 100}xx"
                 if response.status >= 400 and response.headers.get("jsonerror") == "true":
                     outcome = "fault"
-                return self._interpret(operation, response, payload, read), served_at
+                self._check_answer(operation, response, payload)
+                if len(payload) < READ_IN_THREAD_BYTES:
+                    return read(operation, payload), served_at
+                # A listing page is read beside the event loop: the native reader releases
+                # the GIL while it parses, so the loop goes on producing the previous page.
+                return await asyncio.to_thread(read, operation, payload), served_at
         except TimeoutError:
             outcome = "timeout"
             raise RetriableUpstreamError(
@@ -220,13 +227,10 @@ class GlanceClient:
             metrics.UPSTREAM_REQUESTS.labels(str(self._partner.id), operation, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
-    def _interpret(
-        self,
-        operation: str,
-        response: aiohttp.ClientResponse,
-        payload: bytes,
-        read: Callable[[str, bytes], T],
-    ) -> T:
+    def _check_answer(
+        self, operation: str, response: aiohttp.ClientResponse, payload: bytes
+    ) -> None:
+        """Raises what an unsuccessful answer means; returns for a successful one."""
         status = response.status
         if status in (429, 503):
             delay = _retry_after(response.headers.get("Retry-After"), self.clock.latest)
@@ -243,7 +247,6 @@ class GlanceClient:
                 raise UnknownOperation(operation)
             detail = f"{operation}: HTTP {status}" + (f" {message[:200]}" if message else "")
             raise RetriableUpstreamError("fault" if message else f"http_{status}", detail)
-        return read(operation, payload)
 
     async def server_now(
         self, max_age: float = 1.0, *, later_than: datetime | None = None
