@@ -366,14 +366,18 @@ documented = st.builds(
 )
 
 
-# ... and in the narrower shape the native path takes: integers, and event-form dates only.
+# ... and in the narrower shape the native path takes: integers, and event-form dates only
+# (four-digit years: strftime writes year 999 as "999").
+native_event_form = st.datetimes(timezones=st.none()).map(
+    lambda d: d.isoformat(timespec="seconds") + "Z"
+)
 native_guest = st.fixed_dictionaries(
     {},
     optional={
         "__type": text,
         "type": maybe_text,
         "status": maybe_text,
-        "startTime": st.one_of(event_form, st.none()),
+        "startTime": st.one_of(native_event_form, st.none()),
         "duration": st.one_of(st.integers(-(2**63), 2**63 - 1), st.none()),
         "kbytes": st.one_of(st.integers(0, 10**9), st.none()),
         "ip": maybe_text,
@@ -400,7 +404,7 @@ native_guest = st.fixed_dictionaries(
 native_documented = st.builds(
     documented_record,
     id=st.integers(1, 2**63 - 1),
-    startTime=event_form,
+    startTime=native_event_form,
     width=st.one_of(st.integers(-(2**63), 2**63 - 1), st.none()),
     duration=st.one_of(st.integers(-1, 10**11), st.none()),
     key=st.one_of(text, st.integers(-(2**63), 2**63 - 1), st.none()),
@@ -427,14 +431,15 @@ def test_the_strategy_reaches_the_fast_path(native: bool) -> None:
     """Without this, the property above could pass by never taking the fast path."""
     taken = 0
 
-    @settings(max_examples=100, deadline=None)
-    @given(record=st.one_of(documented, native_documented))
+    @settings(max_examples=100, deadline=None, derandomize=True)
+    @given(record=native_documented if native else documented)
     def count(record: dict[str, Any]) -> None:
         nonlocal taken
         taken += took_fast_path(read_fast(listing([record]), native)[0], native)
 
     count()
-    assert taken > 20
+    # Every record of the native strategy is in the native shape; about a third of msgspec's.
+    assert taken > (80 if native else 20)
 
 
 @FAST_PATHS
