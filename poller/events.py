@@ -36,7 +36,8 @@ PiiMode = Literal["keep", "hash", "drop"]
 EventType = Literal["started", "completed"]
 
 
-Headers = list[tuple[str, bytes]]
+Header = tuple[str, bytes]
+Headers = list[Header]
 
 # The headers every event of a kind shares, made once.
 _SPEC_VERSION = ("ce_specversion", b"1.0")
@@ -127,13 +128,13 @@ class PiiPolicy:
                 changes[field] = self._hashed(value)
         return msgspec.structs.replace(guest, **changes)
 
-    def native(self, partner_id: int) -> _fastpath.Builder | None:
+    def native(self, partner_id: int, shape: _fastpath.EventShape) -> _fastpath.Builder | None:
         """The native fast path's builder under this policy, if the fast path is built."""
         if not NATIVE:
             return None
         from poller import _fastpath
 
-        return _fastpath.Builder(partner_id, self.mode, self._salt, EVENT_ID_NAMESPACE.bytes)
+        return _fastpath.Builder(partner_id, self.mode, self._salt, EVENT_ID_NAMESPACE.bytes, shape)
 
     def _hashed(self, value: Any) -> str:
         digest = hmac.new(self._salt, str(value).encode(), hashlib.sha256)
@@ -254,8 +255,21 @@ class EventBuilder:
         self._topics = topics
         self._pii = pii
         self._source_header = ("ce_source", f"/glance/partners/{partner_id}".encode())
-        # The native fast path's builder (None without it): the client reads with it too.
-        self.native = pii.native(partner_id)
+        # The native fast path's builder (None without it): the client reads with it too. It
+        # makes whole events, of this class, with these topics and constant headers.
+        self.native = pii.native(
+            partner_id,
+            (
+                Event,
+                topics.completed,
+                topics.started,
+                _SPEC_VERSION,
+                self._source_header,
+                _TYPE_HEADERS["completed"],
+                _TYPE_HEADERS["started"],
+                _CONTENT_TYPE,
+            ),
+        )
 
     def completed(self, record: SourceRecord) -> Event:
         return self._session_event(record, "completed", None)
@@ -271,14 +285,7 @@ class EventBuilder:
         if native is not None and self.native is not None:
             built = self.native.event(native, event_type == "completed", observed_active)
             if built is not None:
-                value, ce_id, occurred = built
-                session_id = native.id
-                subject = str(session_id).encode()
-                headers = self._headers(ce_id, event_type, occurred, subject)
-                topic = (
-                    self._topics.completed if event_type == "completed" else self._topics.started
-                )
-                return Event(topic, subject, value, headers, session_id, native.start)
+                return built
         elif record.session is not None:
             event = self._typed_event(record, record.session, event_type, observed_active)
             if event is not None:

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDateTime, PyString, PyTzInfo};
+use pyo3::types::{PyBytes, PyDateTime, PyList, PyString, PyTuple, PyTzInfo};
 
 use crate::render::Pii;
 
@@ -215,12 +215,52 @@ struct Builder {
     partner_id: i64,
     pii: Pii,
     namespace: Vec<u8>,
+    shape: EventShape,
+}
+
+/// `Builder`'s `shape`: the `Event` class, the completed and started topics, then the
+/// constant headers (spec version, source, completed type, started type, content type).
+type ShapeArgument = (
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+);
+
+/// What an `Event` is made of besides the record: its class, topics and constant headers,
+/// all given by `EventBuilder`, so the layout is defined in Python alone.
+struct EventShape {
+    event_class: Py<PyAny>,
+    tuple_new: Py<PyAny>,
+    completed_topic: Py<PyAny>,
+    started_topic: Py<PyAny>,
+    spec_version: Py<PyAny>,
+    source: Py<PyAny>,
+    completed_type: Py<PyAny>,
+    started_type: Py<PyAny>,
+    content_type: Py<PyAny>,
+    id_key: Py<PyString>,
+    time_key: Py<PyString>,
+    subject_key: Py<PyString>,
 }
 
 #[pymethods]
 impl Builder {
+    /// `shape`: the `Event` class, the completed and started topics, then the constant
+    /// headers: spec version, source, completed type, started type, content type.
     #[new]
-    fn new(partner_id: i64, pii_mode: &str, salt: &[u8], namespace: &[u8]) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        partner_id: i64,
+        pii_mode: &str,
+        salt: &[u8],
+        namespace: &[u8],
+        shape: ShapeArgument,
+    ) -> PyResult<Self> {
         let pii = Pii::new(pii_mode, salt)
             .ok_or_else(|| PyValueError::new_err(format!("unknown PII policy {pii_mode:?}")))?;
         if namespace.len() != 16 {
@@ -228,16 +268,41 @@ impl Builder {
                 "the event id namespace is a 16-byte UUID",
             ));
         }
+        let (
+            event_class,
+            completed_topic,
+            started_topic,
+            spec_version,
+            source,
+            completed_type,
+            started_type,
+            content_type,
+        ) = shape;
+        let shape = EventShape {
+            event_class,
+            tuple_new: py.get_type::<PyTuple>().getattr("__new__")?.unbind(),
+            completed_topic,
+            started_topic,
+            spec_version,
+            source,
+            completed_type,
+            started_type,
+            content_type,
+            id_key: PyString::intern(py, "ce_id").unbind(),
+            time_key: PyString::intern(py, "ce_time").unbind(),
+            subject_key: PyString::intern(py, "ce_subject").unbind(),
+        };
         Ok(Builder {
             partner_id,
             pii,
             namespace: namespace.to_vec(),
+            shape,
         })
     }
 
-    /// `(value, ce_id, ce_time)` of the session's completed or started event, or None when
-    /// the Python paths must decide: the general path makes the dead letter of a completed
-    /// session without a usable end, and a record read by another builder (another PII
+    /// The session's completed or started `Event`, or None when the Python paths must
+    /// decide: the general path makes the dead letter of a completed session without a
+    /// usable end, and a record read by another builder (another PII
     /// policy) is built again from its text.
     #[pyo3(signature = (session, completed, observed_active))]
     fn event<'py>(
@@ -245,44 +310,87 @@ impl Builder {
         session: &Session,
         completed: bool,
         observed_active: Option<bool>,
-    ) -> Option<(
-        Bound<'py, PyBytes>,
-        Bound<'py, PyString>,
-        Bound<'py, PyBytes>,
-    )> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if !session.builder.is(slf) {
-            return None;
+            return Ok(None);
         }
         let this = slf.get();
         let py = slf.py();
-        if completed {
-            let end = session.end_text.as_ref()?;
-            if let (None, Some(built)) = (observed_active, &session.completed) {
-                return Some((
-                    PyBytes::new(py, &built.value),
-                    PyString::new(py, &built.ce_id),
-                    PyBytes::new(py, end),
-                ));
-            }
-        }
         let (end, occurred) = if completed {
-            let end = session.end_text.as_ref()?;
+            let Some(end) = session.end_text.as_ref() else {
+                return Ok(None);
+            };
             (Some(end), end)
         } else {
             (None, &session.start_text)
         };
-        let built = this.build(
-            session.id as u64,
-            &session.owner,
-            observed_active,
-            &session.body,
-            end,
-        );
-        Some((
-            PyBytes::new(py, &built.value),
-            PyString::new(py, &built.ce_id),
-            PyBytes::new(py, occurred),
-        ))
+        let built;
+        let parts = match (&session.completed, observed_active, completed) {
+            (Some(prebuilt), None, true) => prebuilt,
+            _ => {
+                built = this.build(
+                    session.id as u64,
+                    &session.owner,
+                    observed_active,
+                    &session.body,
+                    end,
+                );
+                &built
+            }
+        };
+        this.shape
+            .event(py, session, completed, parts, occurred)
+            .map(Some)
+    }
+}
+
+impl EventShape {
+    /// `Event(topic, key, value, headers, session_id, start_time)`, the headers in
+    /// `EventBuilder._headers`'s order.
+    fn event<'py>(
+        &self,
+        py: Python<'py>,
+        session: &Session,
+        completed: bool,
+        parts: &Completed,
+        occurred: &[u8; 20],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let subject = PyBytes::new(py, itoa::Buffer::new().format(session.id).as_bytes());
+        let pair = |key: &Py<PyString>, value: Bound<'py, PyBytes>| {
+            PyTuple::new(py, [key.bind(py).clone().into_any(), value.into_any()])
+        };
+        let (topic, kind) = if completed {
+            (&self.completed_topic, &self.completed_type)
+        } else {
+            (&self.started_topic, &self.started_type)
+        };
+        let headers = PyList::new(
+            py,
+            [
+                self.spec_version.bind(py).clone(),
+                pair(&self.id_key, PyBytes::new(py, parts.ce_id.as_bytes()))?.into_any(),
+                self.source.bind(py).clone(),
+                kind.bind(py).clone(),
+                pair(&self.time_key, PyBytes::new(py, occurred))?.into_any(),
+                pair(&self.subject_key, subject.clone())?.into_any(),
+                self.content_type.bind(py).clone(),
+            ],
+        )?;
+        let fields = PyTuple::new(
+            py,
+            [
+                topic.bind(py).clone(),
+                subject.into_any(),
+                PyBytes::new(py, &parts.value).into_any(),
+                headers.into_any(),
+                session.id.into_pyobject(py)?.into_any(),
+                session.start.bind(py).clone().into_any(),
+            ],
+        )?;
+        // tuple.__new__(Event, fields): the named tuple without its Python-level __new__.
+        self.tuple_new
+            .bind(py)
+            .call1((self.event_class.bind(py), fields))
     }
 }
 
