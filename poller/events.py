@@ -128,14 +128,6 @@ class PiiPolicy:
                 changes[field] = self._hashed(value)
         return msgspec.structs.replace(guest, **changes)
 
-    def native(self, partner_id: int, shape: _fastpath.EventShape) -> _fastpath.Builder | None:
-        """The native fast path's builder under this policy, if the fast path is built."""
-        if not NATIVE:
-            return None
-        from poller import _fastpath
-
-        return _fastpath.Builder(partner_id, self.mode, self._salt, EVENT_ID_NAMESPACE.bytes, shape)
-
     def _hashed(self, value: Any) -> str:
         digest = hmac.new(self._salt, str(value).encode(), hashlib.sha256)
         return "sha256:" + digest.hexdigest()
@@ -255,20 +247,27 @@ class EventBuilder:
         self._topics = topics
         self._pii = pii
         self._source_header = ("ce_source", f"/glance/partners/{partner_id}".encode())
-        # The native fast path's builder (None without it): the client reads with it too. It
-        # makes whole events, of this class, with these topics and constant headers.
-        self.native = pii.native(
-            partner_id,
-            (
-                Event,
-                topics.completed,
-                topics.started,
-                _SPEC_VERSION,
-                self._source_header,
-                _TYPE_HEADERS["completed"],
-                _TYPE_HEADERS["started"],
-                _CONTENT_TYPE,
-            ),
+        # The native fast path's builder (None without it): the client reads with it too.
+        self.native = self._native_builder() if NATIVE else None
+
+    def _native_builder(self) -> _fastpath.Builder:
+        """Under this PII policy, making whole events of this class, with these topics and
+        constant headers."""
+        from poller import _fastpath
+
+        shape = (
+            Event,
+            self._topics.completed,
+            self._topics.started,
+            _SPEC_VERSION,
+            self._source_header,
+            _TYPE_HEADERS["completed"],
+            _TYPE_HEADERS["started"],
+            _CONTENT_TYPE,
+        )
+        pii = self._pii
+        return _fastpath.Builder(
+            self.partner_id, pii.mode, pii._salt, EVENT_ID_NAMESPACE.bytes, shape
         )
 
     def completed(self, record: SourceRecord) -> Event:

@@ -22,58 +22,62 @@ use crate::render::Pii;
 /// read: building its event then only joins the parts.
 #[pyclass(frozen, module = "poller._fastpath")]
 struct Session {
-    #[pyo3(get)]
-    id: i64,
     /// When it started, an aware UTC datetime.
     #[pyo3(get)]
     start: Py<PyDateTime>,
-    start_text: [u8; 20],
-    /// When it ended, if it has a usable duration.
-    end_text: Option<[u8; 20]>,
-    /// Its completed event's value and id, built while its page was read.
-    completed: Option<Completed>,
-    /// The event's `session` object, without its closing brace.
-    body: Box<str>,
+    rendered: Rendered,
     /// `,"userName":…,"partnerUserId":…`, shared by the user's records.
     owner: Arc<str>,
-    /// The builder whose PII policy rendered `body`.
+    /// The builder whose PII policy rendered it.
     builder: Py<Builder>,
-    /// The listing and where in it this record's JSON text lies.
+    /// The listing its JSON text lies in.
     payload: Py<PyBytes>,
-    span: (usize, usize),
 }
 
 #[pymethods]
 impl Session {
+    #[getter]
+    fn id(&self) -> i64 {
+        self.rendered.id
+    }
+
     /// The record's JSON text, as upstream sent it.
     #[getter]
     fn wire<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let (from, to) = self.span;
+        let (from, to) = self.rendered.span;
         PyBytes::new(py, &self.payload.bind(py).as_bytes()[from..to])
     }
+}
+
+/// What the GIL-free pass makes of a record in the documented shape.
+struct Rendered {
+    id: i64,
+    /// Its start, in seconds since the epoch and as written (the event form).
+    start: i64,
+    start_text: [u8; 20],
+    /// When it ended, if it has a usable duration.
+    end_text: Option<[u8; 20]>,
+    /// Its completed event's value and id, built in advance: nearly every record read
+    /// becomes one.
+    completed: Option<Built>,
+    /// The event's `session` object, without its closing brace.
+    body: Box<str>,
+    /// Where in the listing its JSON text lies.
+    span: (usize, usize),
 }
 
 type UserRecords = (Py<PyAny>, Py<PyAny>, Vec<Py<PyAny>>);
 
 /// An event's value and id.
-struct Completed {
+struct Built {
     value: Box<[u8]>,
     ce_id: Box<str>,
 }
 
-/// A record as the GIL-free pass leaves it: checked and rendered, or declined.
+/// A record as the GIL-free pass leaves it: rendered, or declined.
 enum Prepared {
-    Declined {
-        span: (usize, usize),
-    },
-    Checked {
-        id: i64,
-        start: i64,
-        end_text: Option<[u8; 20]>,
-        completed: Option<Completed>,
-        body: Box<str>,
-        span: (usize, usize),
-    },
+    Declined { span: (usize, usize) },
+    Checked(Rendered),
 }
 
 struct PreparedUser {
@@ -105,18 +109,18 @@ fn prepare(bytes: &[u8], builder: &Builder) -> Option<(u64, Vec<PreparedUser>)> 
                 };
                 let body: Box<str> = render::render_session(&checked.session, &builder.pii).into();
                 let end_text = render::end_of(&checked.session, checked.start);
-                // Nearly every record read becomes a completed event: built here, off the GIL.
                 let completed = end_text
                     .as_ref()
                     .map(|end| builder.build(checked.session.id, &owner, None, &body, Some(end)));
-                Prepared::Checked {
+                Prepared::Checked(Rendered {
                     id: checked.session.id as i64,
                     start: checked.start,
+                    start_text: checked.start_text,
                     end_text,
                     completed,
                     body,
                     span,
-                }
+                })
             })
             .collect();
         users.push(PreparedUser {
@@ -154,17 +158,10 @@ fn read_listing(
                 Prepared::Declined { span: (from, to) } => {
                     records.push(PyBytes::new(py, &bytes[from..to]).into_any().unbind());
                 }
-                Prepared::Checked {
-                    id,
-                    start,
-                    end_text,
-                    completed,
-                    body,
-                    span,
-                } => {
+                Prepared::Checked(rendered) => {
                     let (year, month, day, hour, minute, second) =
-                        dates::civil(start).expect("a parsed event-form date is in range");
-                    let start_time = PyDateTime::new(
+                        dates::civil(rendered.start).expect("a parsed event-form date is in range");
+                    let start = PyDateTime::new(
                         py,
                         year as i32,
                         month as u8,
@@ -176,17 +173,11 @@ fn read_listing(
                         Some(&utc),
                     )?;
                     let session = Session {
-                        id,
-                        start: start_time.unbind(),
-                        start_text: dates::format_event_form(start)
-                            .expect("a parsed event-form date is in range"),
-                        end_text,
-                        completed,
-                        body,
+                        start: start.unbind(),
+                        rendered,
                         owner: Arc::clone(&user.owner),
                         builder: builder.clone().unbind(),
                         payload: payload.clone().unbind(),
-                        span,
                     };
                     records.push(Py::new(py, session)?.into_any());
                 }
@@ -232,7 +223,8 @@ type ShapeArgument = (
 );
 
 /// What an `Event` is made of besides the record: its class, topics and constant headers,
-/// all given by `EventBuilder`, so the layout is defined in Python alone.
+/// given by `EventBuilder`. The headers' order is `EventBuilder._headers`'s, written again
+/// here (tests/unit/test_typed_records.py compares the events).
 struct EventShape {
     event_class: Py<PyAny>,
     tuple_new: Py<PyAny>,
@@ -315,31 +307,26 @@ impl Builder {
             return Ok(None);
         }
         let this = slf.get();
-        let py = slf.py();
+        let rendered = &session.rendered;
         let (end, occurred) = if completed {
-            let Some(end) = session.end_text.as_ref() else {
+            let Some(end) = rendered.end_text.as_ref() else {
                 return Ok(None);
             };
             (Some(end), end)
         } else {
-            (None, &session.start_text)
+            (None, &rendered.start_text)
         };
         let built;
-        let parts = match (&session.completed, observed_active, completed) {
+        let parts = match (&rendered.completed, observed_active, completed) {
             (Some(prebuilt), None, true) => prebuilt,
             _ => {
-                built = this.build(
-                    session.id as u64,
-                    &session.owner,
-                    observed_active,
-                    &session.body,
-                    end,
-                );
+                let id = rendered.id as u64;
+                built = this.build(id, &session.owner, observed_active, &rendered.body, end);
                 &built
             }
         };
         this.shape
-            .event(py, session, completed, parts, occurred)
+            .event(slf.py(), session, completed, parts, occurred)
             .map(Some)
     }
 }
@@ -352,10 +339,11 @@ impl EventShape {
         py: Python<'py>,
         session: &Session,
         completed: bool,
-        parts: &Completed,
+        parts: &Built,
         occurred: &[u8; 20],
     ) -> PyResult<Bound<'py, PyAny>> {
-        let subject = PyBytes::new(py, itoa::Buffer::new().format(session.id).as_bytes());
+        let id = session.rendered.id;
+        let subject = PyBytes::new(py, itoa::Buffer::new().format(id).as_bytes());
         let pair = |key: &Py<PyString>, value: Bound<'py, PyBytes>| {
             PyTuple::new(py, [key.bind(py).clone().into_any(), value.into_any()])
         };
@@ -383,7 +371,7 @@ impl EventShape {
                 subject.into_any(),
                 PyBytes::new(py, &parts.value).into_any(),
                 headers.into_any(),
-                session.id.into_pyobject(py)?.into_any(),
+                id.into_pyobject(py)?.into_any(),
                 session.start.bind(py).clone().into_any(),
             ],
         )?;
@@ -403,7 +391,7 @@ impl Builder {
         observed_active: Option<bool>,
         body: &str,
         end: Option<&[u8; 20]>,
-    ) -> Completed {
+    ) -> Built {
         let value = render::event_value(self.partner_id, owner, observed_active, body, end);
         let event_type = if end.is_some() {
             "completed"
@@ -411,7 +399,7 @@ impl Builder {
             "started"
         };
         let ce_id = render::event_id(&self.namespace, self.partner_id, session_id, event_type);
-        Completed {
+        Built {
             value: value.into(),
             ce_id: ce_id.into(),
         }

@@ -49,43 +49,24 @@ pub fn render_session(session: &Session<'_>, pii: &Pii) -> String {
     object.text("status", &session.status);
     object.key("startTime");
     text(object.out, &session.start_time.0);
-    match &session.key {
-        Field::Missing => {}
-        Field::Null => object.null("key"),
-        Field::Value(key) => {
-            object.key("key");
-            text_or_integer_as_text(object.out, key);
-        }
-    }
+    object.field("key", &session.key, text_or_integer_as_text);
     object.integer("width", &session.width);
     object.integer("height", &session.height);
     object.integer("duration", &session.duration);
     object.integer("kbytes", &session.kbytes);
-    match session.is_reverse {
-        Field::Missing => {}
-        Field::Null => object.null("isReverse"),
-        Field::Value(reverse) => {
-            object.key("isReverse");
-            object
-                .out
-                .extend_from_slice(if reverse { b"true" } else { b"false" });
-        }
-    }
-    match &session.guests {
-        Field::Missing => {}
-        Field::Null => object.null("guests"),
-        Field::Value(guests) => {
-            object.key("guests");
-            object.out.push(b'[');
-            for (index, guest) in guests.iter().enumerate() {
-                if index > 0 {
-                    object.out.push(b',');
-                }
-                render_guest(object.out, &guest.0, pii);
+    object.field("isReverse", &session.is_reverse, |out, reverse| {
+        out.extend_from_slice(if *reverse { b"true" } else { b"false" });
+    });
+    object.field("guests", &session.guests, |out, guests| {
+        out.push(b'[');
+        for (index, guest) in guests.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
             }
-            object.out.push(b']');
+            render_guest(out, &guest.0, pii);
         }
-    }
+        out.push(b']');
+    });
     String::from_utf8(out).expect("JSON written from strings is UTF-8")
 }
 
@@ -135,31 +116,22 @@ fn render_guest(out: &mut Vec<u8>, guest: &Guest<'_>, pii: &Pii) {
     object.integer("duration", &guest.duration);
     object.integer("kbytes", &guest.kbytes);
     object.personal("ip", &guest.ip, pii);
-    match &guest.location {
-        Field::Missing => {}
-        Field::Null => object.null("location"),
-        Field::Value(location) => {
-            object.key("location");
-            render_location(object.out, &location.0);
-        }
-    }
+    object.field("location", &guest.location, |out, location| {
+        render_location(out, &location.0);
+    });
     object.personal("name", &guest.name, pii);
     object.personal("email", &guest.email, pii);
     object.personal("phone", &guest.phone, pii);
     object.text("error", &guest.error);
     object.text("clientVersion", &guest.client_version);
-    match &guest.protocol_version {
-        Field::Missing => {}
-        Field::Null => object.null("protocolVersion"),
-        Field::Value(TextOrInteger::Text(version)) => {
-            object.key("protocolVersion");
-            text(object.out, version);
-        }
-        Field::Value(TextOrInteger::Integer(version)) => {
-            object.key("protocolVersion");
-            integer(object.out, *version);
-        }
-    }
+    object.field(
+        "protocolVersion",
+        &guest.protocol_version,
+        |out, version| match version {
+            TextOrInteger::Text(version) => text(out, &version.0),
+            TextOrInteger::Integer(version) => integer(out, *version),
+        },
+    );
     out.push(b'}');
 }
 
@@ -194,26 +166,24 @@ impl Object<'_> {
         self.out.extend_from_slice(b"null");
     }
 
-    fn text(&mut self, name: &str, field: &Field<Text<'_>>) {
+    /// A field as upstream sent it: left out when missing, null when null, else `write`n.
+    fn field<T>(&mut self, name: &str, field: &Field<T>, write: impl FnOnce(&mut Vec<u8>, &T)) {
         match field {
             Field::Missing => {}
             Field::Null => self.null(name),
             Field::Value(value) => {
                 self.key(name);
-                text(self.out, &value.0);
+                write(self.out, value);
             }
         }
     }
 
+    fn text(&mut self, name: &str, field: &Field<Text<'_>>) {
+        self.field(name, field, |out, value| text(out, &value.0));
+    }
+
     fn integer(&mut self, name: &str, field: &Field<i64>) {
-        match field {
-            Field::Missing => {}
-            Field::Null => self.null(name),
-            Field::Value(value) => {
-                self.key(name);
-                integer(self.out, *value);
-            }
-        }
+        self.field(name, field, |out, value| integer(out, *value));
     }
 
     /// A guest's name, email, phone or ip under the PII policy: kept, left out, or replaced
@@ -252,7 +222,7 @@ fn optional_text(out: &mut Vec<u8>, value: Option<&str>) {
 
 fn text_or_integer_as_text(out: &mut Vec<u8>, value: &TextOrInteger<'_>) {
     match value {
-        TextOrInteger::Text(value) => text(out, value),
+        TextOrInteger::Text(value) => text(out, &value.0),
         TextOrInteger::Integer(value) => {
             out.push(b'"');
             integer(out, *value);

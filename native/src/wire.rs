@@ -121,7 +121,7 @@ impl<'de> Visitor<'de> for TextVisitor {
 
 /// A session key or a guest's protocol version: text, or a 64-bit integer.
 pub enum TextOrInteger<'a> {
-    Text(Cow<'a, str>),
+    Text(Text<'a>),
     Integer(i64),
 }
 
@@ -141,11 +141,13 @@ impl<'de> Visitor<'de> for TextOrIntegerVisitor {
     }
 
     fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
-        Ok(TextOrInteger::Text(Cow::Borrowed(value)))
+        TextVisitor
+            .visit_borrowed_str(value)
+            .map(TextOrInteger::Text)
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(TextOrInteger::Text(Cow::Owned(value.to_owned())))
+        TextVisitor.visit_str(value).map(TextOrInteger::Text)
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
@@ -234,10 +236,12 @@ pub struct Session<'a> {
     pub guests: Field<Vec<Obj<Guest<'a>>>>,
 }
 
-/// A record in the documented shape, with its start as seconds since the epoch.
+/// A record in the documented shape, with its start as seconds since the epoch and as
+/// written (the event form).
 pub struct Checked<'a> {
     pub session: Session<'a>,
     pub start: i64,
+    pub start_text: [u8; 20],
 }
 
 /// The record, if it is in the documented shape with event-form dates and an id the state
@@ -248,6 +252,8 @@ pub fn check(text: &str) -> Option<Checked<'_>> {
         return None;
     }
     let start = parse_event_form(&session.start_time.0)?;
+    // parse_event_form takes exactly 20 bytes.
+    let start_text = session.start_time.0.as_bytes().try_into().ok()?;
     if let Field::Value(guests) = &session.guests {
         for Obj(guest) in guests {
             if let Field::Value(start) = &guest.start_time {
@@ -255,5 +261,9 @@ pub fn check(text: &str) -> Option<Checked<'_>> {
             }
         }
     }
-    Some(Checked { session, start })
+    Some(Checked {
+        session,
+        start,
+        start_text,
+    })
 }
