@@ -6,6 +6,7 @@
 //! declines (see `wire.rs`) takes the Python paths, which remain the definition of an event:
 //! tests/unit/test_typed_records.py builds every generated record every way and compares.
 
+mod batch;
 mod dates;
 mod render;
 mod wire;
@@ -410,6 +411,7 @@ impl Builder {
 fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Session>()?;
     module.add_class::<Builder>()?;
+    module.add_class::<batch::RecordBatch>()?;
     module.add_function(wrap_pyfunction!(read_listing, module)?)?;
     Ok(())
 }

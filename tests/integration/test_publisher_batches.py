@@ -1,13 +1,16 @@
-"""The publisher sends record batches: every event arrives once, keys land on the partition a
-plain ``send()`` would choose, and each key's events keep their order, across pages too."""
+"""The publisher sends record batches: every event arrives once with its headers, keys land on
+the partition a plain ``send()`` would choose, and each key's events keep their order, across
+pages too; with batches written natively (uncompressed) and by aiokafka (compressed)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections import defaultdict
+from typing import Literal
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -38,39 +41,54 @@ async def _partitions_by_send(bootstrap: str, topic: str, keys: list[bytes]) -> 
         await producer.stop()
 
 
-async def _read(bootstrap: str, topic: str, expect: int) -> list[tuple[int, bytes | None, bytes]]:
+Arrived = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+async def _read(bootstrap: str, topic: str, expect: int) -> list[Arrived]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
-    out: list[tuple[int, bytes | None, bytes]] = []
+    out: list[Arrived] = []
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         async with asyncio.timeout(60):
             while len(out) < expect:
                 batch = await consumer.getmany(timeout_ms=500)
                 for tp, messages in batch.items():
-                    out.extend((tp.partition, m.key, m.value) for m in messages)
+                    out.extend((tp.partition, m.key, m.value, list(m.headers)) for m in messages)
         await asyncio.sleep(1)  # anything extra would be a duplicate
         for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-            out.extend((tp.partition, m.key, m.value) for m in messages)
+            out.extend((tp.partition, m.key, m.value, list(m.headers)) for m in messages)
     finally:
         await consumer.stop()
     return out
 
 
-async def test_batches_keep_keys_partitions_and_order(kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+async def test_batches_keep_keys_partitions_and_order(
+    kafka_bootstrap: str, compression: Literal["none", "gzip"]
+) -> None:
     topic, reference = f"batches-{uuid.uuid4().hex[:8]}", f"reference-{uuid.uuid4().hex[:8]}"
     await _create(kafka_bootstrap, topic, reference)
     keys = [str(100_000 + k).encode() for k in range(40)]
     padding = "x" * 600
     events = [
-        Event(topic, keys[i % len(keys)], orjson.dumps({"seq": i, "pad": padding}), [("n", b"1")])
+        Event(
+            topic,
+            keys[i % len(keys)],
+            orjson.dumps({"seq": i, "pad": padding}),
+            [("n", str(i).encode()), ("é", b"")],
+        )
         for i in range(3000)
     ]
     # Larger than a whole batch, and events without a key (as dead letters may be).
     events.insert(1500, Event(topic, keys[0], orjson.dumps({"seq": -1, "pad": "y" * 40_000}), []))
     events += [Event(topic, None, orjson.dumps({"seq": 5000 + i}), []) for i in range(3)]
     publisher = KafkaPublisher(
-        KafkaSettings(bootstrap_servers=kafka_bootstrap, max_batch_size=16_384),
+        KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            max_batch_size=16_384,
+            compression_type=compression,
+        ),
         RetrySettings(max_attempts=1),
         stopping=asyncio.Event(),
         health=Health(),
@@ -87,12 +105,12 @@ async def test_batches_keep_keys_partitions_and_order(kafka_bootstrap: str) -> N
         await publisher.stop(5)
 
     got = await _read(kafka_bootstrap, topic, len(events))
-    assert sorted(orjson.loads(v)["seq"] for _, _, v in got) == sorted(
-        orjson.loads(e.value)["seq"] for e in events
-    ), "every event exactly once"
+    assert sorted((v, h) for _, _, v, h in got) == sorted((e.value, e.headers) for e in events), (
+        "every event exactly once, with its headers"
+    )
     expected_partition = await _partitions_by_send(kafka_bootstrap, reference, keys)
     order: dict[bytes, list[int]] = defaultdict(list)
-    for partition, key, value in got:
+    for partition, key, value, _ in got:
         if key is None:
             continue
         assert partition == expected_partition[key]
@@ -102,4 +120,4 @@ async def test_batches_keep_keys_partitions_and_order(kafka_bootstrap: str) -> N
         if event.key is not None:
             sent_order[event.key].append(orjson.loads(event.value)["seq"])
     assert order == sent_order, "each key's events in the order they were published"
-    assert len({p for p, _, _ in got}) == PARTITIONS
+    assert len({p for p, _, _, _ in got}) == PARTITIONS
