@@ -3,6 +3,9 @@ from datetime import datetime
 
 from poller.events import Event, Header, Headers
 
+# Built without optimisations (cargo's debug profile).
+DEBUG_BUILD: bool
+
 # Event, the completed and started topics, then the constant headers: spec version, source,
 # completed type, started type, content type (EventBuilder passes its own).
 EventShape = tuple[type[Event], str, str, Header, Header, Header, Header, Header]

@@ -413,5 +413,8 @@ fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Builder>()?;
     module.add_class::<batch::RecordBatch>()?;
     module.add_function(wrap_pyfunction!(read_listing, module)?)?;
+    // An unoptimised build is several times slower, and pip builds one for an editable
+    // install unless told otherwise (pyproject.toml): a test checks this.
+    module.add("DEBUG_BUILD", cfg!(debug_assertions))?;
     Ok(())
 }

@@ -34,6 +34,14 @@ def test_the_native_fast_path_is_built() -> None:
     assert NATIVE, "poller._fastpath is missing: install Rust (cargo) and run `make install`"
 
 
+def test_the_native_fast_path_is_an_optimised_build() -> None:
+    """An editable install builds cargo's debug profile unless pyproject.toml says otherwise:
+    several times slower, and every benchmark would measure it."""
+    from poller import _fastpath
+
+    assert not _fastpath.DEBUG_BUILD, "poller._fastpath was built without --release"
+
+
 def took_fast_path(record: SourceRecord, native: bool) -> bool:
     """Whether the record took the fast path under test."""
     return (record.native if native else record.session) is not None
