@@ -48,3 +48,6 @@ class RecordBatch:
         self, producer_id: int, producer_epoch: int, base_sequence: int
     ) -> None: ...
     def _build(self) -> bytes: ...
+
+def partition_index(key: bytes, partitions: int) -> int:
+    """Kafka's murmur2 partition choice: an index into the topic's sorted partitions."""

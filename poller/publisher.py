@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -28,8 +28,8 @@ from poller.logs import get_logger
 from poller.retry import retrying
 from poller.settings import KafkaSettings, RetrySettings
 
-if TYPE_CHECKING:
-    from poller._fastpath import RecordBatch
+if NATIVE:
+    from poller._fastpath import RecordBatch, partition_index
 
 log = get_logger(__name__)
 
@@ -272,12 +272,11 @@ class KafkaPublisher:
         for topic, published in by_topic.items():
             every = sorted(await producer.partitions_for(topic))
             if len(every) == 1:
-                # murmur2 is pure Python: skip it when there is nothing to choose.
                 by_partition = {every[0]: published}
             else:
                 by_partition = {}
                 for event in published:
-                    partition = self._partitioner(event.key, every, every)
+                    partition = self._partition(event.key, every)
                     by_partition.setdefault(partition, []).append(event)
             for partition, queued in by_partition.items():
                 start = 0
@@ -293,10 +292,16 @@ class KafkaPublisher:
                     sent.append(item)
                     start = end
 
+    def _partition(self, key: bytes | None, every: list[int]) -> int:
+        """The partition ``send()`` would pick: murmur2 of the key (natively when built, as
+        aiokafka's own is pure Python), a random one without a key."""
+        if key is not None and NATIVE:
+            return every[partition_index(key, len(every))]
+        partition: int = self._partitioner(key, every, every)
+        return partition
+
     def _new_batch(self, producer: AIOKafkaProducer) -> RecordBatch | BatchBuilder:
         if self._native_batches:
-            from poller._fastpath import RecordBatch
-
             return RecordBatch(self._settings.max_batch_size)
         return producer.create_batch()
 

@@ -8,6 +8,7 @@
 
 mod batch;
 mod dates;
+mod partition;
 mod render;
 mod wire;
 
@@ -412,6 +413,7 @@ fn _fastpath(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Session>()?;
     module.add_class::<Builder>()?;
     module.add_class::<batch::RecordBatch>()?;
+    module.add_function(wrap_pyfunction!(partition::partition_index, module)?)?;
     module.add_function(wrap_pyfunction!(read_listing, module)?)?;
     // An unoptimised build is several times slower, and pip builds one for an editable
     // install unless told otherwise (pyproject.toml): a test checks this.

@@ -1,5 +1,6 @@
-"""Record batches written natively (``poller._fastpath.RecordBatch``) are byte for byte the
-batches aiokafka's own builder writes, split at the same records."""
+"""What the native extension does for the producer is what aiokafka does: record batches
+(``poller._fastpath.RecordBatch``) byte for byte the batches aiokafka's own builder writes,
+split at the same records, and keys on the partitions aiokafka's partitioner picks."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller._fastpath import RecordBatch
+from poller._fastpath import RecordBatch, partition_index
 from poller.events import Event
 from poller.health import Health
 from poller.publisher import KafkaPublisher
@@ -169,3 +171,29 @@ async def test_the_publisher_writes_batches_natively_unless_they_compress(
     )
     batch = publisher._new_batch(Producer())
     assert isinstance(batch, RecordBatch) == native
+
+
+@settings(max_examples=500, deadline=None)
+@given(key=st.binary(max_size=64), partitions=st.integers(min_value=1, max_value=1000))
+def test_keys_go_to_the_partition_aiokafka_picks(key: bytes, partitions: int) -> None:
+    every = list(range(partitions))
+    assert partition_index(key, partitions) == DefaultPartitioner()(key, every, every)
+
+
+def test_the_publisher_partitions_as_aiokafka_does() -> None:
+    publisher = KafkaPublisher(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        RetrySettings(max_attempts=1),
+        stopping=asyncio.Event(),
+        health=Health(),
+        retry_forever=False,
+    )
+    every = [0, 1, 2, 5, 7]
+    keys = [str(60_000_000 + n).encode() for n in range(200)]
+    assert [publisher._partition(key, every) for key in keys] == [
+        DefaultPartitioner()(key, every, every) for key in keys
+    ]
+    # Without a key, any partition (aiokafka picks one at random).
+    assert {publisher._partition(None, every) for _ in range(200)} <= set(every)
+    with pytest.raises(ValueError, match="at least one partition"):
+        partition_index(b"k", 0)
