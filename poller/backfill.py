@@ -49,9 +49,10 @@ from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import COMPLETED_SESSIONS, GlanceClient, upstream_tls
 from poller.glance.dates import to_request
 from poller.glance.paging import RepeatedPageToken, Window, split_window
-from poller.glance.records import NATIVE, SessionPage
+from poller.glance.records import SessionPage
 from poller.health import Health
 from poller.logs import get_logger
+from poller.native import NATIVE
 from poller.publisher import KafkaPublisher
 from poller.settings import Config, Partner
 from poller.state import Cursor, Scan, StateStore, parse_cli_date

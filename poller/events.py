@@ -22,7 +22,8 @@ from poller.errors import BadRecord
 from poller.glance import typed
 from poller.glance.dates import returned_for_event, to_event
 from poller.glance.paging import Window
-from poller.glance.records import NATIVE, SourceRecord
+from poller.glance.records import SourceRecord
+from poller.native import NATIVE
 from poller.settings import EventSettings, TopicSettings
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from poller import metrics
 from poller.errors import PublishFailed
 from poller.events import Event
-from poller.glance.records import NATIVE
 from poller.health import Health
 from poller.logs import get_logger
+from poller.native import NATIVE
 from poller.retry import retrying
 from poller.settings import KafkaSettings, RetrySettings
 

@@ -37,9 +37,9 @@ from poller.errors import (
 )
 from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import GlanceClient, upstream_tls
-from poller.glance.records import NATIVE
 from poller.health import Health
 from poller.logs import get_logger
+from poller.native import NATIVE
 from poller.publisher import KafkaPublisher
 from poller.server import OperatorServer
 from poller.settings import Config, Partner

@@ -19,14 +19,10 @@ import orjson
 from poller.errors import RetriableUpstreamError
 from poller.glance import typed
 from poller.glance.dates import parse_returned
+from poller.native import NATIVE
 
-try:
+if NATIVE:
     from poller import _fastpath
-except ImportError:  # installed without a Rust toolchain: the Python paths do everything
-    NATIVE = False
-else:
-    NATIVE = True
-
 if TYPE_CHECKING:
     from poller._fastpath import Builder
 _UNREAD: Any = object()

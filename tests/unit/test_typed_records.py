@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, PiiPolicy
-from poller.glance.records import NATIVE, SourceRecord, parse_session_page, read_session_page
+from poller.glance.records import SourceRecord, parse_session_page, read_session_page
+from poller.native import NATIVE
 from poller.settings import TopicSettings
 
 POLICIES = (PiiPolicy("keep"), PiiPolicy("hash", "salt"), PiiPolicy("drop"))
