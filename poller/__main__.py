@@ -1,3 +1,3 @@
-from poller.cli import entry
+from poller.launch import entry
 
 entry()

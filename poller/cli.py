@@ -7,6 +7,8 @@ import asyncio
 import gc
 import os
 import sys
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import orjson
@@ -14,10 +16,12 @@ import orjson
 from poller import logs
 from poller.backfill import add_arguments as backfill_arguments
 from poller.check import add_arguments as check_arguments
+from poller.cursor import Cursor
 from poller.emulator import cli as emulator_cli
 from poller.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, PollerError, StateError
+from poller.launch import StopRequested
 from poller.settings import Config, load_config
-from poller.state import Cursor, StateStore, parse_cli_date
+from poller.state import StateStore, move_aside, parse_cli_date
 
 log = logs.get_logger("poller.cli")
 STREAMS = ("completed", "started", "reconcile")
@@ -44,11 +48,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_state(args: argparse.Namespace) -> int:
     config = _load(args, need_credentials=False)
-    store = StateStore.open(config.settings.state.path)
+    path = config.settings.state.path
+    if args.state_command == "show":
+        # Read-only and lock-free: a consistent snapshot, also while the daemon runs.
+        store = StateStore.read_only(path)
+        try:
+            snapshot = store.snapshot(now=datetime.now(UTC))
+        finally:
+            store.close()
+        print(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
     try:
-        if args.state_command == "show":
-            print(orjson.dumps(store.snapshot(), option=orjson.OPT_INDENT_2).decode())
-            return EXIT_OK
+        store = StateStore.open(path)
+    except StateError as exc:
+        if "locked" in exc.problem or not path.exists():
+            raise
+        return _start_over(args, exc)
+    try:
         if args.to is not None:
             return _move_cursor(store, config, args)
         scope = f"partner {args.partner}" if args.partner else "every partner"
@@ -61,6 +77,17 @@ def _cmd_state(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         store.close()
+
+
+def _start_over(args: argparse.Namespace, exc: StateError) -> int:
+    """The way out of an unusable state file: moved aside (kept), the next start is fresh."""
+    print(f"glance-poller: {exc}", file=sys.stderr)
+    answer = _confirm(args, "Move it aside and start over (history is read again)?")
+    if answer is not None:
+        return answer
+    kept = move_aside(Path(exc.path))
+    print(f"moved {exc.path} to {kept}; the next start begins a new state file")
+    return EXIT_OK
 
 
 def _confirm(args: argparse.Namespace, question: str) -> int | None:
@@ -84,6 +111,14 @@ def _move_cursor(store: StateStore, config: Config, args: argparse.Namespace) ->
     except ValueError as exc:
         print(f"glance-poller: --to: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    tolerance = timedelta(seconds=config.settings.glance.clock_tolerance)
+    if moment > datetime.now(UTC) + tolerance:
+        print(
+            f"glance-poller: --to: {moment.isoformat()} lies in the future: the cursor "
+            "would skip every session until then",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.partner:
         partners = [args.partner]
     else:
@@ -97,7 +132,7 @@ def _move_cursor(store: StateStore, config: Config, args: argparse.Namespace) ->
     if answer is not None:
         return answer
     for partner in partners:
-        store.commit(partner, cursors={"completed": Cursor(moment)})
+        store.commit(partner, cursors={"completed": Cursor(moment)})  # the one exception
     print(f"moved the completed cursor of partner(s) {names} to {moment.isoformat()}")
     return EXIT_OK
 
@@ -142,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="glance-poller",
         description="Poll the Glance Activity Service and publish session events to Kafka.",
     )
+    parser.add_argument("--version", action="version", version=f"glance-poller {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -194,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("glance-poller")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _tune_garbage_collector() -> None:
     """Collect cycles less often. Every page makes thousands of short-lived dicts, and the
     default thresholds spent a fifth to a quarter of the backfill's CPU re-scanning them
@@ -218,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except PollerError as exc:
         log.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRequested):
         return EXIT_OK
     except Exception:
         log.exception("unexpected failure")

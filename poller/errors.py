@@ -14,6 +14,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_AUTH = 3
 EXIT_STATE = 4
+EXIT_KAFKA_AUTH = 5
 
 
 class PollerError(Exception):
@@ -87,6 +88,17 @@ class AuthenticationFailed(UpstreamError):
         )
 
 
+class UpstreamMisconfigured(UpstreamError):
+    """The service answered in a way that only a wrong ``glance.base_url`` explains (a
+    redirect): fatal, since following it could hand the API key to another host."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, partner_id: int, detail: str) -> None:
+        self.partner_id = partner_id
+        super().__init__(f"glance.base_url: {detail}")
+
+
 class UnknownOperation(UpstreamError):
     """The service does not offer this web method (e.g. an unconfirmed operation name)."""
 
@@ -102,6 +114,18 @@ class BadRecord(PollerError):
         self.reason = reason
         self.record = record
         super().__init__(reason)
+
+
+class KafkaAuthFailed(PollerError):
+    """Kafka refused the credentials or the permissions: retrying cannot help."""
+
+    exit_code = EXIT_KAFKA_AUTH
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"Kafka refused the daemon's credentials or permissions ({detail}); check "
+            "kafka.sasl_username / KAFKA_SASL_PASSWORD and the topics' ACLs"
+        )
 
 
 class PublishFailed(PollerError):

@@ -11,23 +11,16 @@ import hmac
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeGuard
+from datetime import datetime, timedelta
+from typing import Any, Literal, NamedTuple, TypeGuard
 
-import msgspec
 import orjson
-from msgspec import UNSET
 
 from poller.errors import BadRecord
-from poller.glance import typed
 from poller.glance.dates import returned_for_event, to_event
-from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
-from poller.native import NATIVE
 from poller.settings import EventSettings, TopicSettings
-
-if TYPE_CHECKING:
-    from poller import _fastpath
+from poller.window import Window
 
 # Fixed forever: changing it changes every event id and breaks consumers' dedup.
 EVENT_ID_NAMESPACE = uuid.UUID("6f0b8a4e-3c1d-5e7f-9a2b-1c4d5e6f7a8b")
@@ -116,18 +109,21 @@ class PiiPolicy:
             elif guest[field] is not None:
                 guest[field] = self._hashed(guest[field])
 
-    def applied(self, guest: typed.Guest) -> typed.Guest:
-        """``apply`` for a typed guest: a changed copy, the guest itself untouched."""
-        if self.mode == "keep":
-            return guest
-        if self.mode == "drop":
-            return msgspec.structs.replace(guest, **dict.fromkeys(PII_FIELDS, UNSET))
-        changes = {}
-        for field in PII_FIELDS:
-            value = getattr(guest, field)
-            if value is not UNSET and value is not None:
-                changes[field] = self._hashed(value)
-        return msgspec.structs.replace(guest, **changes)
+    def scrubbed(self, raw: Any) -> Any:
+        """A raw record with the policy applied to its guests (for dead letters): a copy,
+        the record itself untouched; anything not shaped like guests is left as it is."""
+        if self.mode == "keep" or not isinstance(raw, dict):
+            return raw
+        guests = raw.get("guests")
+        if not isinstance(guests, list):
+            return raw
+        copies = []
+        for guest in guests:
+            if isinstance(guest, dict):
+                guest = dict(guest)
+                self.apply(guest)
+            copies.append(guest)
+        return {**raw, "guests": copies}
 
     def _hashed(self, value: Any) -> str:
         digest = hmac.new(self._salt, str(value).encode(), hashlib.sha256)
@@ -234,12 +230,6 @@ def normalise_session(
     return session, session_id, start
 
 
-def _event_time(moment: datetime) -> bytes:
-    """A whole-second UTC instant in the event form, as ``to_event`` writes it: msgspec
-    writes it several times faster than ``isoformat``."""
-    return typed.ENCODER.encode(moment)[1:-1]
-
-
 class EventBuilder:
     """Builds one partner's events; the topics and the PII policy are fixed per process."""
 
@@ -248,28 +238,6 @@ class EventBuilder:
         self._topics = topics
         self._pii = pii
         self._source_header = ("ce_source", f"/glance/partners/{partner_id}".encode())
-        # The native fast path's builder (None without it): the client reads with it too.
-        self.native = self._native_builder() if NATIVE else None
-
-    def _native_builder(self) -> _fastpath.Builder:
-        """Under this PII policy, making whole events of this class, with these topics and
-        constant headers."""
-        from poller import _fastpath
-
-        shape = (
-            Event,
-            self._topics.completed,
-            self._topics.started,
-            _SPEC_VERSION,
-            self._source_header,
-            _TYPE_HEADERS["completed"],
-            _TYPE_HEADERS["started"],
-            _CONTENT_TYPE,
-        )
-        pii = self._pii
-        return _fastpath.Builder(
-            self.partner_id, pii.mode, pii._salt, EVENT_ID_NAMESPACE.bytes, shape
-        )
 
     def completed(self, record: SourceRecord) -> Event:
         return self._session_event(record, "completed", None)
@@ -281,15 +249,6 @@ class EventBuilder:
     def _session_event(
         self, record: SourceRecord, event_type: EventType, observed_active: bool | None
     ) -> Event:
-        native = record.native
-        if native is not None and self.native is not None:
-            built = self.native.event(native, event_type == "completed", observed_active)
-            if built is not None:
-                return built
-        elif record.session is not None:
-            event = self._typed_event(record, record.session, event_type, observed_active)
-            if event is not None:
-                return event
         ended = event_type == "completed"
         raw = record.raw
         if record.user_name is not None and not isinstance(record.user_name, str):
@@ -313,98 +272,6 @@ class EventBuilder:
         )
         topic = self._topics.completed if ended else self._topics.started
         return Event(topic, subject, value, headers, session_id, start)
-
-    def _typed_event(
-        self,
-        record: SourceRecord,
-        session: typed.Session,
-        event_type: EventType,
-        observed_active: bool | None,
-    ) -> Event | None:
-        """The event of a record decoded in the documented shape, as the general path would
-        make it; None when the record needs the general path's judgement (which then makes
-        the event or the dead letter)."""
-        user_name = record.user_name
-        partner_user_id = record.partner_user_id
-        if (user_name is not None and type(user_name) is not str) or (
-            partner_user_id is not None and type(partner_user_id) is not str
-        ):
-            return None
-        start = session.startTime
-        if start.tzinfo is not UTC or start.microsecond:
-            return None
-        guests = session.guests
-        if guests:
-            guests = self._typed_guests(guests)
-            if guests is None:
-                return None
-        key = session.key
-        if type(key) is int:
-            key = str(key)
-        end_time: datetime | str | msgspec.UnsetType = UNSET
-        if event_type == "completed":
-            duration = session.duration
-            if type(duration) is float:
-                if not (math.isfinite(duration) and duration >= 0):
-                    return None
-            elif type(duration) is not int or duration < 0:
-                return None
-            try:
-                end = start + timedelta(seconds=duration)
-            except OverflowError:
-                return None
-            if end.microsecond:
-                # A fractional duration: the general path's form, with milliseconds.
-                end_time = to_event(end)
-                occurred = end_time.encode()
-            else:
-                end_time = end
-                occurred = _event_time(end)
-            topic = self._topics.completed
-        else:
-            occurred = _event_time(start)
-            topic = self._topics.started
-        value = typed.ENCODER.encode(
-            typed.EventBody(
-                partnerId=self.partner_id,
-                userName=user_name,
-                partnerUserId=partner_user_id,
-                observedActive=UNSET if observed_active is None else observed_active,
-                session=msgspec.structs.replace(
-                    session, wire_type=UNSET, key=key, guests=guests, endTime=end_time
-                ),
-            )
-        )
-        session_id = session.id
-        subject = str(session_id).encode()
-        headers = self._headers(
-            event_id(self.partner_id, session_id, event_type), event_type, occurred, subject
-        )
-        return Event(topic, subject, value, headers, session_id, start)
-
-    def _typed_guests(self, guests: list[typed.Guest]) -> list[typed.Guest] | None:
-        """The guests as published (``__type`` dropped, the PII policy applied), or None
-        when a date is not whole-second UTC (the general path writes those)."""
-        copied = self._pii.mode != "keep"
-        for guest in guests:
-            start = guest.startTime
-            if type(start) is datetime and (start.tzinfo is not UTC or start.microsecond):
-                return None
-            location = guest.location
-            if guest.wire_type is not UNSET or (
-                type(location) is typed.Location and location.wire_type is not UNSET
-            ):
-                copied = True
-        if not copied:
-            return guests
-        published = []
-        for guest in guests:
-            location = guest.location
-            if type(location) is typed.Location and location.wire_type is not UNSET:
-                location = msgspec.structs.replace(location, wire_type=UNSET)
-            guest = msgspec.structs.replace(guest, wire_type=UNSET, location=location)
-            published.append(self._pii.applied(guest))
-        return published
 
     def _headers(self, ce_id: str, event_type: str, occurred: bytes, subject: bytes) -> Headers:
         return [
@@ -457,4 +324,26 @@ class EventBuilder:
         ):
             if isinstance(value, str):
                 headers.append((name, value.encode()))
-        return Event(self._topics.dlq, key, orjson.dumps(raw), headers)
+        return Event(self._topics.dlq, key, orjson.dumps(self._pii.scrubbed(raw)), headers)
+
+    def refused(self, event: Event, reason: str, operation: str, limit: int) -> Event:
+        """A dead letter for an event Kafka refused (too large, invalid): its headers say
+        why, whose and how large; its value is cut to fit under ``limit`` bytes (then no
+        longer JSON: ``dlq_truncated`` says so)."""
+        headers: Headers = [
+            ("dlq_reason", reason.encode()),
+            ("dlq_partner_id", str(self.partner_id).encode()),
+            ("dlq_operation", operation.encode()),
+            ("dlq_session_id", str(event.session_id).encode()),
+            ("dlq_event_type", dict(event.headers).get("ce_type", b"")),
+            ("dlq_size", str(len(event.value)).encode()),
+            ("content-type", b"application/json"),
+        ]
+        value = event.value
+        room = max(0, limit - 4096)  # headers, key and the record batch's own overhead
+        if len(value) > room:
+            value = value[:room]
+            headers.append(("dlq_truncated", b"true"))
+        return Event(
+            self._topics.dlq, event.key, value, headers, event.session_id, event.start_time
+        )

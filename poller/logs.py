@@ -6,11 +6,13 @@ before rendering, so a secret cannot reach the output even inside a formatted tr
 
 from __future__ import annotations
 
+import base64
 import logging
 import sys
 import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import orjson
 import structlog
@@ -28,12 +30,17 @@ class SecretRedactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is replaced whole. Values shorter
-        # than MIN_SECRET are no real credential, and replacing them would shred every line.
-        merged = {s for s in (*self._secrets, *secrets) if len(s) >= MIN_SECRET}
+        # Every form a secret can be printed in: as it is, JSON- or Python-escaped (an
+        # upstream fault echoing the request), URL-encoded, base64 (SASL PLAIN). Longest
+        # first, so a secret that contains another is replaced whole. Values shorter than
+        # MIN_SECRET are no real credential, and replacing them would shred every line.
+        forms = {form for secret in secrets if len(secret) >= MIN_SECRET for form in _forms(secret)}
+        merged = {s for s in (*self._secrets, *forms) if len(s) >= MIN_SECRET}
         self._secrets = sorted(merged, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
+        if isinstance(value, bytes | bytearray):
+            value = bytes(value).decode("utf-8", "backslashreplace")
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
@@ -53,6 +60,20 @@ class SecretRedactor:
         if not self._secrets:
             return event_dict
         return {key: self.scrub(value) for key, value in event_dict.items()}
+
+
+def _forms(secret: str) -> set[str]:
+    encoded = secret.encode()
+    return {
+        secret,
+        orjson.dumps(secret).decode()[1:-1],
+        repr(secret)[1:-1],
+        repr(encoded)[2:-1],
+        secret.encode("unicode_escape").decode(),
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        base64.b64encode(encoded).decode().rstrip("="),
+    }
 
 
 redactor = SecretRedactor()
@@ -76,11 +97,17 @@ class OncePerInterval(logging.Filter):
         return True
 
 
-class _LibraryRepeats(logging.Filter):
-    """Rate-limits the records of third-party loggers only; ours are already said once."""
+class LibraryRecords(logging.Filter):
+    """Third-party loggers under the daemon's rules. aiokafka's lines (an ERROR per node and
+    attempt during an outage, a WARNING per auto-created topic on a first start) say what the
+    publisher already says once when Kafka starts failing and once when it recovers: they
+    become DEBUG. Other libraries' repeated lines pass once per interval."""
 
-    def __init__(self) -> None:
+    DEMOTED = ("aiokafka",)
+
+    def __init__(self, level: int) -> None:
         super().__init__()
+        self._level = level
         self._once = OncePerInterval()
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -88,10 +115,10 @@ class _LibraryRepeats(logging.Filter):
         # rate-limited.
         if record.name.startswith("poller") or not isinstance(record.msg, str):
             return True
+        if record.name.split(".", 1)[0] in self.DEMOTED:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self._level <= logging.DEBUG
         return self._once.filter(record)
-
-
-_library_repeats = _LibraryRepeats()
 
 
 def _orjson_dumps(value: MutableMapping[str, Any], **_: Any) -> str:
@@ -142,9 +169,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
     # Library chatter below warning is noise for operators; ours follows the configured level.
-    for noisy in ("aiokafka", "aiohttp.access", "asyncio"):
+    for noisy in ("aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
-    handler.addFilter(_library_repeats)
+    logging.getLogger("aiokafka").setLevel(numeric_level)
+    handler.addFilter(LibraryRecords(numeric_level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

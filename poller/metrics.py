@@ -123,3 +123,25 @@ BROKER_UP = Gauge(
     registry=REGISTRY,
 )
 READY = Gauge(f"{_NS}_ready", "1 when /readyz answers 200", registry=REGISTRY)
+UPSTREAM_CLOCK_SKEW = Gauge(
+    f"{_NS}_upstream_clock_skew_seconds",
+    "Upstream's Date minus the host clock, at the last answer",
+    registry=REGISTRY,
+)
+UPSTREAM_CLOCK_BOUNDED = Counter(
+    f"{_NS}_upstream_clock_bounded_total",
+    "Answers whose Date lay beyond glance.clock_tolerance of the host clock (bounded by it)",
+    registry=REGISTRY,
+)
+CURSOR_IN_FUTURE = Gauge(
+    f"{_NS}_cursor_in_future",
+    "1 when a stream's stored cursor lies beyond the host clock plus the tolerance",
+    ["partner", "stream"],
+    registry=REGISTRY,
+)
+PRODUCER_REPLACED = Counter(
+    f"{_NS}_producer_replaced_total",
+    "Kafka producers replaced, by why (idempotence state rejected, silent too long)",
+    ["why"],
+    registry=REGISTRY,
+)

@@ -1,7 +1,20 @@
-"""The Kafka side: an idempotent aiokafka producer that returns only once all is acknowledged.
+"""The Kafka side: hand a page's events over, await every acknowledgement, retry the rest.
 
-``publish`` either returns with every event of the batch acknowledged by the broker
-(``acks=all``) or raises: the caller commits its cursor only after it returns.
+``send`` queues events without waiting (so the caller can prepare its next page meanwhile);
+``Publication.acknowledged`` returns once every event is either acknowledged by the broker
+(``acks=all``, idempotent producer) or refused by it for good (too large, invalid), and raises
+otherwise: the caller commits its cursor only after it returns, and turns refusals into dead
+letters. What Kafka answers is decided here, in one place:
+
+- a record the broker will never take (too large, invalid) is a refusal, never retried;
+- a producer whose idempotence state the broker rejects (out-of-order sequence, unknown
+  producer id, fenced epoch) is replaced by a new one, and what it had not delivered is sent
+  again with the same events (the same ``ce_id``);
+- refused credentials or permissions are fatal (``KafkaAuthFailed``, exit code 5);
+- anything else is weather: retried with the house backoff until it is acknowledged or the
+  daemon stops; a producer that stays silent that long is replaced too.
+
+Only aiokafka's public API is used: ``create_batch``/``send_batch``, ``partitions_for``.
 """
 
 from __future__ import annotations
@@ -12,40 +25,93 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    UnknownProducerId,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from poller import metrics
-from poller.errors import PublishFailed
+from poller.errors import KafkaAuthFailed, PublishFailed
 from poller.events import Event
 from poller.health import Health
 from poller.logs import get_logger
-from poller.native import NATIVE
 from poller.retry import retrying
 from poller.settings import KafkaSettings, RetrySettings
 
-if NATIVE:
-    from poller._fastpath import RecordBatch, partition_index
-
 log = get_logger(__name__)
+
+# The broker will never take these records: retrying cannot help, a dead letter can.
+REFUSED = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+)
+# The broker rejects the producer's idempotence state: only a new producer gets on.
+STALE_PRODUCER = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+FORBIDDEN = (
+    AuthenticationFailedError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+# What a record batch adds around its records, and a record around its key and value.
+_BATCH_OVERHEAD = 61
+_RECORD_OVERHEAD = 21
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An event Kafka will never take, and why."""
+
+    event: Event
+    reason: str
 
 
 class Publication(Protocol):
     """Events handed to Kafka, not yet known to be acknowledged."""
 
-    async def acknowledged(self) -> None: ...
+    async def acknowledged(self) -> list[Refusal]:
+        """Return once every event is acknowledged or refused for good (the refusals)."""
+        ...
 
 
 class Publisher(Protocol):
-    async def publish(self, events: Sequence[Event]) -> None: ...
+    # The largest event (key, value, headers) Kafka is asked to take.
+    max_event_bytes: int
 
     async def send(self, events: Sequence[Event]) -> Publication: ...
 
     async def stop(self, grace_seconds: float) -> None: ...
+
+
+async def publish(publisher: Publisher, events: Sequence[Event]) -> list[Refusal]:
+    """Send and await every acknowledgement."""
+    return await (await publisher.send(events)).acknowledged()
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -80,6 +146,7 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
         "enable_idempotence": True,
         "linger_ms": settings.linger_ms,
         "max_batch_size": settings.max_batch_size,
+        "max_request_size": settings.max_request_size,
         "request_timeout_ms": settings.request_timeout_ms,
         "compression_type": None
         if settings.compression_type == "none"
@@ -87,54 +154,49 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     }
 
 
+def event_size(event: Event) -> int:
+    """An event's size in a record batch, as the broker counts it (near enough: varints)."""
+    headers = sum(len(name) + len(value) + 4 for name, value in event.headers)
+    return _RECORD_OVERHEAD + len(event.key or b"") + len(event.value) + headers
+
+
 @dataclass
-class _InFlight:
-    """Events sent as one record batch, awaiting ``future``; without one, not queued yet."""
+class _Batch:
+    """Events queued as one record batch; ``future`` is its delivery (None: not queued)."""
 
     events: list[Event]
     future: asyncio.Future[Any] | None = None
 
 
-@dataclass
-class _Publication:
-    publisher: KafkaPublisher
-    inflight: list[_InFlight]
-    # Hands the batches to aiokafka, one after the other, while the caller goes on.
-    queueing: asyncio.Task[None] | None = None
+class _KafkaPublication:
+    def __init__(self, publisher: KafkaPublisher, events: list[Event], refused: list[Refusal]):
+        self._publisher = publisher
+        self._batches = [_Batch(events)] if events else []
+        self._refused = refused
+        self._queueing: asyncio.Task[None] | None = None
+        if self._batches:
+            # Queueing waits on the broker (a partition takes one batch at a time): in a task,
+            # so the caller builds its next page meanwhile.
+            self._queueing = asyncio.create_task(publisher.queue_quietly(self._batches))
 
-    async def acknowledged(self) -> None:
-        if self.queueing is not None:
-            await self.queueing
-        await self.publisher._acknowledged(self.inflight)
-
-
-def _fill(batch: RecordBatch | BatchBuilder, events: list[Event], start: int) -> int:
-    """Appends ``events[start:]`` until the batch is full; returns the index of the first
-    event left out."""
-    if not isinstance(batch, BatchBuilder):
-        return batch.extend(events, start)
-    for index in range(start, len(events)):
-        event = events[index]
-        metadata = batch.append(
-            key=event.key, value=event.value, timestamp=None, headers=event.headers
-        )
-        if metadata is None:
-            return index
-    return len(events)
+    async def acknowledged(self) -> list[Refusal]:
+        if self._queueing is not None:
+            await self._queueing
+            self._queueing = None
+        if self._batches:
+            await self._publisher.settle(self._batches, self._refused)
+            self._batches = []
+        return self._refused
 
 
 class KafkaPublisher:
-    """Sends batches and waits for every acknowledgement.
+    """One idempotent producer, replaced when the broker no longer accepts its state.
 
-    Events go out as record batches, one per partition and batch size, each with one
-    delivery future: a per-event ``send()`` costs several times the CPU of building the
-    event. Keys pick partitions exactly as ``send()`` would (murmur2, as the Java client).
-    Uncompressed batches are written by the native extension, a page per call, byte for
-    byte as aiokafka's builder writes them (tests/unit/test_record_batch.py).
-
-    While Kafka is unavailable a batch is retried with the house backoff until it is
-    acknowledged or shutdown begins: nothing upstream moves meanwhile (the caller holds its
-    page and its cursor, and fetches at most one page ahead), so memory stays bounded.
+    Events go out as record batches (one per partition and batch size, one delivery future
+    each: a per-event ``send()`` costs several times the CPU of building the event); keys pick
+    partitions as ``send()`` would (murmur2, as the Java client). While Kafka is unavailable a
+    page's events are retried until acknowledged or shutdown begins: nothing upstream moves
+    meanwhile (the caller holds its page and its cursor), so memory stays bounded.
     """
 
     def __init__(
@@ -145,183 +207,212 @@ class KafkaPublisher:
         stopping: asyncio.Event,
         health: Health,
         retry_forever: bool = True,
+        replace_after: float = 60.0,
     ) -> None:
         self._settings = settings
         self._retry = retry
-        self._stopping = stopping
         self._health = health
-        self._failing = False
         self._until = stopping if retry_forever else None
+        self._replace_after = replace_after
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
-        # aiokafka takes one batch per partition at a time; batches wait their turn here, in
-        # the order they were sent (the lock is first come, first served).
+        # A partition takes batches in the order they were handed over: one queuer at a time.
         self._queue_order = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
-        # Record batches written natively (the same bytes as aiokafka's builder, a page per
-        # call); aiokafka's own builder when the extension is missing or batches compress.
-        self._native_batches = NATIVE and settings.compression_type == "none"
+        self._failing_since: float | None = None
+        self.max_event_bytes = settings.max_request_size - _BATCH_OVERHEAD
 
-    async def _ensure_started(self) -> AIOKafkaProducer:
+    async def send(self, events: Sequence[Event]) -> Publication:
+        """Queue ``events``; what can never fit the producer's limit is refused at once."""
+        fits: list[Event] = []
+        refused: list[Refusal] = []
+        for event in events:
+            if event_size(event) > self.max_event_bytes:
+                refused.append(Refusal(event, self._too_large(event)))
+            else:
+                fits.append(event)
+        return _KafkaPublication(self, fits, refused)
+
+    def _too_large(self, event: Event) -> str:
+        return (
+            f"the event is {event_size(event)} bytes, more than Kafka takes "
+            f"({self.max_event_bytes}: kafka.max_request_size)"
+        )
+
+    async def _producer_now(self) -> AIOKafkaProducer:
         async with self._starting:
             if self._producer is not None:
                 return self._producer
             producer = AIOKafkaProducer(**producer_options(self._settings))
             try:
                 await producer.start()
+            except FORBIDDEN as exc:
+                await producer.stop()
+                raise KafkaAuthFailed(f"{type(exc).__name__}: {exc}") from None
             except KafkaError as exc:
                 await producer.stop()
                 raise PublishFailed("unavailable", f"cannot reach Kafka: {exc}") from None
             self._producer = producer
             return producer
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Return once every event is acknowledged; raise PublishFailed only on shutdown
-        (or, without ``retry_forever``, after the policy's attempts)."""
-        await (await self.send(events)).acknowledged()
+    async def _replace_producer(self, why: str) -> None:
+        """A new producer (a new producer id): the old one's state is of no use any more."""
+        async with self._starting:
+            old, self._producer = self._producer, None
+        if old is None:
+            return
+        metrics.PRODUCER_REPLACED.labels(why).inc()
+        log.info("replacing the Kafka producer; unacknowledged events are sent again", why=why)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), 5.0)
 
-    async def send(self, events: Sequence[Event]) -> _Publication:
-        """Queue ``events`` without waiting for Kafka, so the caller can prepare more work
-        meanwhile; ``acknowledged()`` then waits (and retries) as ``publish`` does. If Kafka
-        cannot take them now, nothing is lost: ``acknowledged()`` sends them."""
-        # One delivery future per batch: a future still pending is awaited again, never
-        # replaced, so an attempt that runs out of patience re-sends nothing twice.
-        if not events:
-            return _Publication(self, [])
-        inflight = [_InFlight(list(events))]
-        # aiokafka accepts a partition's next batch only once it has taken the previous one
-        # (a round trip to the broker), so queueing happens in a task: the caller builds its
-        # next page meanwhile instead of waiting.
-        return _Publication(self, inflight, asyncio.create_task(self._queue_quietly(inflight)))
+    async def queue_quietly(self, batches: list[_Batch]) -> None:
+        with contextlib.suppress(KafkaError, PublishFailed, KafkaAuthFailed):
+            await self._queue(batches)
 
-    async def _queue_quietly(self, inflight: list[_InFlight]) -> None:
-        with contextlib.suppress(KafkaError, PublishFailed):
-            await self._queue(inflight)
+    async def _queue(self, batches: list[_Batch]) -> None:
+        """Queue the events of every batch without a live future; ``batches`` ends up holding
+        what was queued, then (on failure) one batch of what was not."""
+        live = [batch for batch in batches if batch.future is not None]
+        waiting = [event for batch in batches if batch.future is None for event in batch.events]
+        if not waiting:
+            return
+        queued: list[_Batch] = []
+        try:
+            producer = await self._producer_now()
+            async with self._queue_order:
+                await self._send_batches(producer, waiting, queued)
+        finally:
+            sent = {id(event) for batch in queued for event in batch.events}
+            rest = [event for event in waiting if id(event) not in sent]
+            batches[:] = live + queued + ([_Batch(rest)] if rest else [])
 
-    async def _acknowledged(self, inflight: list[_InFlight]) -> None:
-        if not inflight:
-            return  # nothing was asked of Kafka, so nothing is learnt about it either
+    async def _send_batches(
+        self, producer: AIOKafkaProducer, events: list[Event], queued: list[_Batch]
+    ) -> None:
+        """Record batches, in order within each partition; each joins ``queued`` once it has
+        its delivery future."""
+        by_partition: dict[tuple[str, int], list[Event]] = {}
+        partitions: dict[str, list[int]] = {}
+        for event in events:
+            every = partitions.get(event.topic)
+            if every is None:
+                every = partitions[event.topic] = sorted(await producer.partitions_for(event.topic))
+            partition = self._partitioner(event.key, every, every) if len(every) > 1 else every[0]
+            by_partition.setdefault((event.topic, partition), []).append(event)
+        for (topic, partition), waiting in by_partition.items():
+            start = 0
+            while start < len(waiting):
+                batch = producer.create_batch()
+                end = start
+                while end < len(waiting):
+                    event = waiting[end]
+                    if (
+                        batch.append(
+                            key=event.key, value=event.value, timestamp=None, headers=event.headers
+                        )
+                        is None
+                    ):
+                        break
+                    end += 1
+                if end == start:
+                    raise AssertionError("an empty record batch refused an event")
+                batch.close()  # nothing more joins it: it goes out now instead of lingering
+                future = await producer.send_batch(batch, topic, partition=partition)
+                queued.append(_Batch(waiting[start:end], future))
+                start = end
+
+    async def settle(self, batches: list[_Batch], refused: list[Refusal]) -> None:
+        """Retry until every batch is acknowledged or refused (refusals join ``refused``)."""
         async for attempt in retrying(
             self._retry, (PublishFailed,), self._note_retry, until=self._until
         ):
             with attempt:
-                inflight = await self._attempt(inflight)
+                await self._attempt(batches, refused)
         self._health.broker_answered()
-        if self._failing:
+        if self._failing_since is not None:
             log.info("kafka acknowledges again")
-        self._failing = False
+            self._failing_since = None
 
-    async def _queue(self, inflight: list[_InFlight]) -> list[_InFlight]:
-        """Queue what has no live future. ``inflight`` ends up holding what was queued, then
-        what could not be (raises if Kafka refused part of it); returns what was queued."""
-        pending = [item for item in inflight if item.future is not None]
-        unsent = [event for item in inflight if item.future is None for event in item.events]
-        try:
-            producer = await self._ensure_started()
-            async with self._queue_order:
-                await self._send(producer, unsent, pending)
-        except BaseException:
-            # Keep what was queued (its future is awaited next time), re-send only the rest.
-            queued = {id(event) for item in pending for event in item.events}
-            rest = [event for event in unsent if id(event) not in queued]
-            inflight[:] = pending + ([_InFlight(rest)] if rest else [])
-            raise
-        inflight[:] = pending
-        return pending
-
-    async def _attempt(self, inflight: list[_InFlight]) -> list[_InFlight]:
-        """Send what has no live future and wait up to the request timeout for the acks;
-        raise PublishFailed if anything is still unacknowledged (``inflight`` stays current)."""
+    async def _attempt(self, batches: list[_Batch], refused: list[Refusal]) -> None:
+        """Queue what is not queued, wait up to the request time-out, and sort the outcome:
+        ``batches`` keeps what is still to be acknowledged; raises PublishFailed if any is."""
         started = time.perf_counter()
         try:
-            pending = await self._queue(inflight)
+            await self._queue(batches)
         except KafkaError as exc:
-            self._failed("send", f"{type(exc).__name__}: {exc}", inflight)
-        except PublishFailed as exc:
-            self._failed(exc.reason, str(exc), inflight)
-        futures = [item.future for item in pending if item.future is not None]
-        metrics.UNACKED.set(sum(len(item.events) for item in pending))
-        await asyncio.wait(futures, timeout=self._settings.request_timeout_ms / 1000)
-        remaining: list[_InFlight] = []
+            await self._failed(exc, batches)
+        futures = [batch.future for batch in batches if batch.future is not None]
+        metrics.UNACKED.inc(sum(len(batch.events) for batch in batches))
+        try:
+            await asyncio.wait(futures, timeout=self._settings.request_timeout_ms / 1000)
+        finally:
+            metrics.UNACKED.dec(sum(len(batch.events) for batch in batches))
+        remaining: list[_Batch] = []
         error: BaseException | None = None
-        for item in pending:
-            future = item.future
-            if future is not None and future.done() and future.exception() is None:
+        for batch in batches:
+            future = batch.future
+            if future is None or not future.done():
+                remaining.append(batch)
                 continue
-            if future is not None and future.done():
-                error = future.exception()
-                item.future = None  # failed for good: send it again
-            remaining.append(item)
-        metrics.UNACKED.set(sum(len(item.events) for item in remaining))
-        if remaining:
-            reason = "ack" if error is not None else "timeout"
-            detail = f"{type(error).__name__}: {error}" if error else "no acknowledgement in time"
-            inflight[:] = remaining
-            self._failed(reason, detail, remaining)
-        metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
-        return remaining
+            failure = future.exception()
+            if failure is None:
+                continue
+            if isinstance(failure, REFUSED):
+                remaining.extend(self._refuse_or_split(batch, failure, refused))
+                continue
+            if isinstance(failure, FORBIDDEN):
+                raise KafkaAuthFailed(f"{type(failure).__name__}: {failure}")
+            batch.future = None  # failed for good: its events are queued again
+            remaining.append(batch)
+            error = failure
+        batches[:] = remaining
+        if not remaining:
+            metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
+            return
+        await self._failed(error, remaining)
 
-    async def _send(
-        self, producer: AIOKafkaProducer, events: list[Event], sent: list[_InFlight]
-    ) -> None:
-        """Queue ``events`` as record batches, in order within each partition; each batch
-        joins ``sent`` as soon as it has its future."""
-        by_topic: dict[str, list[Event]] = {}
-        for event in events:
-            by_topic.setdefault(event.topic, []).append(event)
-        for topic, published in by_topic.items():
-            every = sorted(await producer.partitions_for(topic))
-            if len(every) == 1:
-                by_partition = {every[0]: published}
-            else:
-                by_partition = {}
-                for event in published:
-                    partition = self._partition(event.key, every)
-                    by_partition.setdefault(partition, []).append(event)
-            for partition, queued in by_partition.items():
-                start = 0
-                while start < len(queued):
-                    batch = self._new_batch(producer)
-                    end = _fill(batch, queued, start)
-                    if end == start:
-                        raise AssertionError("an empty record batch refused an event")
-                    # Nothing more will join it: closed, it goes out now instead of lingering.
-                    batch.close()
-                    item = _InFlight(queued[start:end])
-                    item.future = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append(item)
-                    start = end
+    def _refuse_or_split(
+        self, batch: _Batch, failure: BaseException, refused: list[Refusal]
+    ) -> list[_Batch]:
+        """A batch the broker refused: alone, its event is refused for good; with others,
+        each event is tried on its own, so only the one at fault is refused."""
+        if len(batch.events) == 1:
+            event = batch.events[0]
+            refused.append(Refusal(event, f"kafka refused the event: {type(failure).__name__}"))
+            metrics.PRODUCE_ERRORS.labels("refused").inc()
+            return []
+        return [_Batch([event]) for event in batch.events]
 
-    def _partition(self, key: bytes | None, every: list[int]) -> int:
-        """The partition ``send()`` would pick: murmur2 of the key (natively when built, as
-        aiokafka's own is pure Python), a random one without a key."""
-        if key is not None and NATIVE:
-            return every[partition_index(key, len(every))]
-        partition: int = self._partitioner(key, every, every)
-        return partition
-
-    def _new_batch(self, producer: AIOKafkaProducer) -> RecordBatch | BatchBuilder:
-        if self._native_batches:
-            return RecordBatch(self._settings.max_batch_size)
-        return producer.create_batch()
-
-    def _failed(self, reason: str, detail: str, pending: list[_InFlight]) -> NoReturn:
+    async def _failed(self, error: BaseException | None, pending: list[_Batch]) -> None:
+        """Raises PublishFailed after replacing the producer where only that can help."""
+        if isinstance(error, FORBIDDEN):
+            raise KafkaAuthFailed(f"{type(error).__name__}: {error}")
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("kafka is not acknowledging; retrying", error=f"{error!r}"[:300])
+        if isinstance(error, STALE_PRODUCER):
+            await self._replace_producer(type(error).__name__)
+        elif now - self._failing_since > self._replace_after:
+            self._failing_since = now
+            await self._replace_producer("silent")
         self._health.broker_failed()
-        metrics.PRODUCE_ERRORS.labels(reason).inc()
-        raise PublishFailed(reason, f"{len(pending)} event(s) not acknowledged: {detail}")
+        reason = "timeout" if error is None else type(error).__name__
+        metrics.PRODUCE_ERRORS.labels("timeout" if error is None else "send").inc()
+        count = sum(len(batch.events) for batch in pending)
+        detail = "no acknowledgement in time" if error is None else f"{reason}: {error}"
+        raise PublishFailed(reason, f"{count} event(s) not acknowledged: {detail}")
 
     def _note_retry(self, error: BaseException, delay: float, attempt: int) -> None:
         """Says "failing" once and "recovered" once, never per retry."""
         metrics.RETRIES.labels("", "kafka", getattr(error, "reason", "unknown")).inc()
-        if not self._failing:
-            log.warning("kafka is not acknowledging; retrying", error=str(error))
-        self._failing = True
         log.debug("retrying", target="kafka", error=str(error), delay=round(delay, 2))
 
     async def ping(self, limit_seconds: float) -> bool:
         """Ask Kafka for metadata: the broker answers, or it does not."""
         try:
-            producer = await asyncio.wait_for(self._ensure_started(), limit_seconds)
+            producer = await asyncio.wait_for(self._producer_now(), limit_seconds)
             await asyncio.wait_for(producer.client.fetch_all_metadata(), limit_seconds)
         except (PublishFailed, KafkaError, TimeoutError):
             self._health.broker_failed()
@@ -337,3 +428,20 @@ class KafkaPublisher:
             await asyncio.wait_for(producer.stop(), grace_seconds)
         except TimeoutError:
             log.warning("kafka producer did not stop in time", grace_seconds=grace_seconds)
+
+
+class _Acknowledged:
+    async def acknowledged(self) -> list[Refusal]:
+        return []
+
+
+class DiscardingPublisher:
+    """Takes every event and sends none (``backfill --dry-run``: the same scan, no effect)."""
+
+    max_event_bytes = 1 << 62
+
+    async def send(self, events: Sequence[Event]) -> Publication:
+        return _Acknowledged()
+
+    async def stop(self, grace_seconds: float) -> None:
+        return None

@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
@@ -31,15 +31,16 @@ from poller.errors import (
     AuthenticationFailed,
     ConfigError,
     ConfigProblem,
+    KafkaAuthFailed,
+    PollerError,
     PublishFailed,
     RetriableUpstreamError,
     UnknownOperation,
+    UpstreamMisconfigured,
 )
-from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import GlanceClient, upstream_tls
 from poller.health import Health
 from poller.logs import get_logger
-from poller.native import NATIVE
 from poller.publisher import KafkaPublisher
 from poller.server import OperatorServer
 from poller.settings import Config, Partner
@@ -48,9 +49,11 @@ from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
 from poller.streams.counts import CountsStream
 from poller.streams.feed import PartnerFeed
+from poller.streams.names import COMPLETED, STARTED
 from poller.streams.open_sessions import OpenSessions
 from poller.streams.reconcile import ReconcileSweep
 from poller.streams.started import StartedStream
+from poller.wiring import wire_partner
 
 log = get_logger(__name__)
 TRANSIENT = (RetriableUpstreamError, PublishFailed)
@@ -67,7 +70,8 @@ class PartnerRun:
     # Stops this partner only (authentication fault); the global stop sets it too.
     halted: asyncio.Event = field(default_factory=asyncio.Event)
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    auth_failed: bool = False
+    # The fatal error that halted this partner (bad credentials, a redirecting base_url).
+    fatal: PollerError | None = None
     open_sessions: OpenSessions | None = None
 
 
@@ -78,6 +82,8 @@ class Service:
         self._stopping = asyncio.Event()
         self._deadline: float | None = None
         self._partners: list[PartnerRun] = []
+        # Fatal for the whole process (Kafka refused the credentials).
+        self._fatal: PollerError | None = None
         self.health = Health(
             stale_after_intervals=settings.health.stale_after_intervals,
             failed_ticks=settings.health.failed_ticks,
@@ -110,6 +116,7 @@ class Service:
             stopping=self._stopping,
             health=self.health,
             retry_forever=not once,
+            replace_after=settings.health.broker_max_silence,
         )
         server = None
         if settings.server.enabled and not once:
@@ -141,8 +148,8 @@ class Service:
                     state=str(settings.state.path),
                     metrics_port=self.server_port,
                     once=once,
-                    native_fast_path=NATIVE,
                 )
+                self._check_cursors(state)
                 self.health.running = True
                 if not once:
                     watcher = asyncio.create_task(self._watch_broker(publisher))
@@ -158,8 +165,13 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        if self._partners and all(run.auth_failed for run in self._partners):
-            return EXIT_AUTH
+                # Already stopping: a further signal must not kill the last steps.
+                signal.signal(sig, signal.SIG_IGN)
+        if self._fatal is not None:
+            raise self._fatal
+        if self._partners and all(run.fatal is not None for run in self._partners):
+            codes = {run.fatal.exit_code for run in self._partners if run.fatal is not None}
+            return codes.pop() if len(codes) == 1 else EXIT_AUTH
         log.info("glance-poller stopped")
         if once and not all(results):
             return EXIT_FAILURE
@@ -173,59 +185,62 @@ class Service:
         state: StateStore,
     ) -> PartnerRun:
         settings = self._config.settings
-        client = GlanceClient(http, settings.glance, partner, settings.retry)
-        pii = PiiPolicy.from_settings(settings.events)
-        builder = EventBuilder(partner.id, settings.topics, pii)
-        client.native = builder.native
-        feed = PartnerFeed(partner.id, builder, publisher, state)
-        feed.started_enabled = settings.started.enabled
-        run = PartnerRun(partner, client, feed)
-        # What the started stream saw open narrows how far the fast scan must look back.
+        scanner = wire_partner(
+            http,
+            settings,
+            partner,
+            publisher,
+            state,
+            asyncio.Event(),  # this partner's halt: its own fatal error, or the global stop
+            started_enabled=settings.started.enabled,
+        )
+        run = PartnerRun(partner, scanner.client, scanner.feed, halted=scanner.stopping)
+        # What the started stream saw open narrows how far the fast scan must look back,
+        # and says which sessions just ended.
         open_sessions = None
         if settings.started.enabled:
             freshness = timedelta(seconds=max(60.0, 3 * settings.started.interval))
             open_sessions = OpenSessions(freshness)
         run.open_sessions = open_sessions
         run.streams.append(
-            CompletedStream(
-                client,
-                feed,
-                state,
-                settings.glance,
-                settings.completed,
-                run.halted,
-                open_sessions,
-            )
+            CompletedStream(scanner, settings.glance, settings.completed, open_sessions)
         )
         if settings.reconcile.enabled:
             run.streams.append(
-                ReconcileSweep(
-                    client,
-                    feed,
-                    state,
-                    settings.glance,
-                    settings.completed,
-                    settings.reconcile,
-                    run.halted,
-                )
+                ReconcileSweep(scanner, settings.glance, settings.completed, settings.reconcile)
             )
         if settings.started.enabled:
             run.streams.append(
                 StartedStream(
-                    client,
-                    feed,
-                    settings.glance,
-                    settings.started,
-                    settings.reconcile,
-                    run.halted,
-                    open_sessions,
+                    scanner, settings.glance, settings.started, settings.reconcile, open_sessions
                 )
             )
         if settings.counts.enabled:
-            run.streams.append(CountsStream(client, builder, publisher, settings.counts))
+            run.streams.append(
+                CountsStream(scanner.client, scanner.feed.builder, publisher, settings.counts)
+            )
         for stream in run.streams:
             self.health.watch(partner.id, stream.name, stream.interval)
         return run
+
+    def _check_cursors(self, state: StateStore) -> None:
+        """A stored cursor beyond the host clock (plus the tolerance) would skip everything
+        until then: said loudly, kept out of readiness, counted; the way out is named."""
+        tolerance = timedelta(seconds=self._config.settings.glance.clock_tolerance)
+        ceiling = datetime.now(UTC) + tolerance
+        for run in self._partners:
+            for stream in (COMPLETED,):
+                cursor = state.cursor(run.partner.id, stream)
+                future = cursor is not None and cursor.scanned_until > ceiling
+                metrics.CURSOR_IN_FUTURE.labels(str(run.partner.id), stream).set(int(future))
+                if future and cursor is not None:
+                    problem = (
+                        f"partner {run.partner.id} stream {stream}: the cursor lies in the "
+                        f"future ({cursor.scanned_until.isoformat()}); move it back with "
+                        f"`glance-poller state reset --partner {run.partner.id} --to DATE`"
+                    )
+                    log.error(problem)
+                    self.health.cursor_in_future(problem)
 
     async def _watch_broker(self, publisher: KafkaPublisher) -> None:
         """When no batch was acknowledged lately, ask Kafka for metadata: /readyz must
@@ -274,7 +289,7 @@ class Service:
             return [False]
         try:
             await run.client.server_now()
-        except AuthenticationFailed as exc:
+        except (AuthenticationFailed, UpstreamMisconfigured) as exc:
             self._reject(run, exc)
             return [False]
         except TRANSIENT as exc:
@@ -284,12 +299,17 @@ class Service:
         loops = [self._loop(run, stream, once) for stream in run.streams]
         return list(await asyncio.gather(*loops))
 
-    def _reject(self, run: PartnerRun, exc: AuthenticationFailed) -> None:
-        if not run.auth_failed:
+    def _reject(self, run: PartnerRun, exc: AuthenticationFailed | UpstreamMisconfigured) -> None:
+        if run.fatal is None:
             log.error(str(exc))
-        run.auth_failed = True
+        run.fatal = exc
         run.halted.set()
-        self.health.credentials_rejected(run.partner.id)
+        reason = (
+            "credentials rejected"
+            if isinstance(exc, AuthenticationFailed)
+            else "the service redirects: fix glance.base_url"
+        )
+        self.health.credentials_rejected(run.partner.id, reason)
 
     async def _check_started_operation(self, run: PartnerRun) -> None:
         """Before anything is emitted: without the open-sessions operation, no started events
@@ -308,8 +328,8 @@ class Service:
         run.feed.started_enabled = False
         if run.open_sessions is not None:
             run.open_sessions.forget()
-        run.streams = [s for s in run.streams if s.name != "started"]
-        self.health.unwatch(run.partner.id, "started")
+        run.streams = [s for s in run.streams if s.name != STARTED]
+        self.health.unwatch(run.partner.id, STARTED)
         log.warning(
             "the service has no web method for open sessions; the started stream is off, "
             "the others keep running",
@@ -330,11 +350,16 @@ class Service:
                         result = await stream.tick()
                 else:
                     result = await stream.tick()
-            except AuthenticationFailed as exc:
+            except (AuthenticationFailed, UpstreamMisconfigured) as exc:
                 self._reject(run, exc)
                 return False
+            except KafkaAuthFailed as exc:
+                # Every partner's events go through the one producer: the process stops.
+                self._fatal = exc
+                self.request_stop()
+                return False
             except UnknownOperation as exc:
-                if stream.name == "started":
+                if stream.name == STARTED:
                     self._disable_started(run, exc.operation)
                     return True
                 log.error(f"{exc}: this stream stops", operation=exc.operation)

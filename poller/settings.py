@@ -52,8 +52,11 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-NonNegativeSeconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+# No duration the daemon knows is longer than a year: a bound keeps every date computed
+# from one inside what a datetime can hold (a configuration error, never an OverflowError).
+MAX_DURATION = 366 * 86400.0
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
+NonNegativeSeconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DURATION)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -69,7 +72,18 @@ class GlanceSettings(_Section):
     ca_file: Path | None = None
     page_size: int = Field(default=1000, ge=1, le=1000)
     # Upper bound on one request's range; the API refuses more than 31 days.
-    max_window: Seconds = 31 * 86400.0
+    max_window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=31 * 86400.0)] = (
+        31 * 86400.0
+    )
+    # An answer larger than this is a retriable fault (unset: page_size x 8 KiB, >= 1 MiB).
+    max_answer_bytes: int | None = Field(default=None, ge=1024)
+    # Upstream's Date is trusted within this of the host clock, and bounded by it beyond.
+    clock_tolerance: Seconds = 300.0
+
+    def answer_cap(self) -> int:
+        if self.max_answer_bytes is not None:
+            return self.max_answer_bytes
+        return max(1 << 20, self.page_size * 8 * 1024)
 
 
 class PartnerSettings(_Section):
@@ -91,6 +105,9 @@ class KafkaSettings(_Section):
     ssl_keyfile: Path | None = None
     linger_ms: int = Field(default=20, ge=0)
     max_batch_size: int = Field(default=262144, ge=1024)
+    # The largest request (so the largest event) the producer sends; larger events go to the
+    # dead-letter topic, cut to fit. Keep it at most the brokers' message.max.bytes.
+    max_request_size: int = Field(default=1048576, ge=16384)
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     request_timeout_ms: int = Field(default=30000, ge=1000)
 

@@ -1,17 +1,23 @@
 """The state file: cursors, scans in progress and emitted ids, in one SQLite file.
 
 Every commit is one small transaction (``synchronous=FULL``), so the file is consistent at
-every instant and a commit costs the same whatever the number of ids kept. The file is
-held with an exclusive lock for the life of the process: two daemons can never share it.
-A file that is unreadable, locked, foreign or newer is refused, never replaced.
+every instant and a commit costs the same whatever the number of ids kept. The file is held
+with an exclusive lock (``flock``) for the life of the process: two daemons can never share
+it, while ``state show`` can still read a consistent snapshot beside a running daemon.
+
+What is on disk is checked once, where it enters: a file that is empty, damaged, foreign,
+newer, or whose rows do not read back as cursors is refused (``StateError``, exit code 4),
+and a refused file or folder is not touched at all, not even its mode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,13 +26,27 @@ from typing import Any
 import orjson
 
 from poller import metrics
+from poller.cursor import Cursor, CursorError
 from poller.errors import StateError
-from poller.glance.paging import Window
+from poller.window import Window
 
 SCHEMA_VERSION = 1
 # "GlPo": marks the file as ours, so a foreign SQLite file is refused, not adopted.
 APPLICATION_ID = 0x476C506F
 
+_TABLES = {
+    "meta": ("key", "value"),
+    "cursors": (
+        "partner_id",
+        "stream",
+        "scanned_until",
+        "scan_start",
+        "scan_end",
+        "scan_token",
+        "updated_at",
+    ),
+    "emitted": ("partner_id", "stream", "session_id", "start_time"),
+}
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE cursors (
@@ -51,19 +71,11 @@ CREATE INDEX emitted_by_start ON emitted (partner_id, stream, start_time);
 
 
 @dataclass(frozen=True)
-class Scan:
-    """A scan in progress: its window, and the token of the next page to fetch."""
+class Forget:
+    """Drop the ids these streams emitted for sessions that started before ``before``."""
 
-    window: Window
-    token: int
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Every session starting before ``scanned_until`` has been scanned (bar late ends)."""
-
-    scanned_until: datetime
-    scan: Scan | None = None
+    streams: tuple[str, ...]
+    before: datetime
 
 
 def _iso(moment: datetime) -> str:
@@ -71,99 +83,177 @@ def _iso(moment: datetime) -> str:
 
 
 def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(UTC)
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"a date without a zone: {text!r}")
+    return moment.astimezone(UTC)
 
 
-def _create_private(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _cursor_from_row(row: Sequence[Any]) -> Cursor:
+    """A stored cursor, or ValueError/CursorError when the row does not read back as one."""
+    scanned_until, scan_start, scan_end, scan_token = row
+    if not isinstance(scanned_until, str):
+        raise ValueError(f"scanned_until is not a date: {scanned_until!r}")
+    if scan_start is None and scan_end is None and scan_token is None:
+        return Cursor(_parse(scanned_until))
+    if not (isinstance(scan_start, str) and isinstance(scan_end, str)):
+        raise ValueError("a scan in progress without its window")
+    if type(scan_token) is not int:
+        raise ValueError(f"scan_token is not an integer: {scan_token!r}")
+    return Cursor(_parse(scanned_until), Window(_parse(scan_start), _parse(scan_end)), scan_token)
+
+
+def _check_file(path: Path, shown: str) -> bool:
+    """Whether the file exists (False: it is to be made); raises for what cannot be one."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
+        info = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StateError(shown, f"cannot be read: {exc.strerror}") from None
+    if not path.is_file():
+        raise StateError(shown, "is not a regular file", "give state.path a file's name")
+    if info.st_size == 0:
+        raise StateError(shown, "is empty (zero bytes): it is damaged or was never written")
+    return True
+
+
+def _create(path: Path, shown: str) -> None:
+    """A new, empty state file, made whole beside the path and moved into place at once: a
+    crash never leaves a zero-byte file behind."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        db = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?)",
+                (str(SCHEMA_VERSION), _iso(datetime.now(UTC))),
+            )
+        finally:
+            db.close()
+        try:
+            os.link(temporary, path)  # fails if another process made it meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    except OSError as exc:
+        raise StateError(shown, f"cannot be created: {exc.strerror}") from None
+
+
+def _validate(db: sqlite3.Connection, shown: str) -> None:
+    """Everything the daemon will read, read once now: anything odd is refused here."""
+    try:
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise StateError(shown, f"is damaged (integrity check: {check and check[0]})")
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            raise StateError(shown, "is an SQLite file that glance-poller did not write")
+        for table, columns in _TABLES.items():
+            found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise StateError(shown, f"is damaged (table {table!r} is missing or altered)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():
+            raise StateError(shown, f"is damaged (schema version {row and row[0]!r})")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                shown,
+                f"was written by a newer glance-poller (state schema {version}; this "
+                f"version reads up to {SCHEMA_VERSION})",
+                "run the newer glance-poller, or restore a backup of the state file",
+            )
+        for row in db.execute(
+            "SELECT partner_id, stream, scanned_until, scan_start, scan_end, scan_token "
+            "FROM cursors"
+        ):
+            try:
+                _cursor_from_row(row[2:])
+            except (ValueError, CursorError) as exc:
+                raise StateError(
+                    shown, f"is damaged (the cursor of partner {row[0]} {row[1]}: {exc})"
+                ) from None
+    except sqlite3.DatabaseError as exc:
+        raise StateError(shown, f"is damaged or not a state file ({exc})") from None
 
 
 class StateStore:
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, lock_fd: int | None) -> None:
         self.path = path
         self._db = connection
+        self._lock_fd = lock_fd
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
         """Open (or create) the file and take its exclusive lock, or raise StateError."""
         shown = str(path)
+        if not _check_file(path, shown):
+            _create(path, shown)
         try:
-            _create_private(path)
-            os.chmod(path, 0o600)
-            db = sqlite3.connect(path, timeout=0, isolation_level=None)
+            lock_fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise StateError(shown, f"cannot open: {exc.strerror}") from None
-        except sqlite3.Error as exc:
-            raise StateError(shown, f"cannot open: {exc}") from None
+            raise StateError(shown, f"cannot be opened: {exc.strerror}") from None
         try:
-            cls._lock_and_migrate(db, shown)
-        except sqlite3.OperationalError as exc:
-            db.close()
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StateError(
-                    shown,
-                    "is locked by another glance-poller process",
-                    "stop that process, or give this one its own state.path",
-                ) from None
-            raise StateError(shown, f"cannot be read ({exc})") from None
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise StateError(shown, f"is damaged or not a state file ({exc})") from None
-        except StateError:
-            db.close()
-            raise
-        return cls(path, db)
-
-    @staticmethod
-    def _lock_and_migrate(db: sqlite3.Connection, shown: str) -> None:
-        db.execute("PRAGMA locking_mode = EXCLUSIVE")
-        db.execute("BEGIN EXCLUSIVE")
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise StateError(
+                shown,
+                "is locked by another glance-poller process",
+                "stop that process, or give this one its own state.path",
+            ) from None
         try:
-            check = db.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise StateError(shown, f"is damaged (integrity check: {check and check[0]})")
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if app_id == 0 and tables == 0:
-                for statement in _SCHEMA.strip().split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=5)
+            db.isolation_level = None
+            try:
+                _validate(db, shown)
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
                 db.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?)",
-                    (str(SCHEMA_VERSION), _iso(datetime.now(UTC))),
+                    "INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)",
+                    (_iso(datetime.now(UTC)),),
                 )
-            elif app_id != APPLICATION_ID:
-                raise StateError(shown, "is an SQLite file that glance-poller did not write")
-            version = int(
-                db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-            )
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    shown,
-                    f"was written by a newer glance-poller (state schema {version}; this "
-                    f"version reads up to {SCHEMA_VERSION})",
-                    "run the newer glance-poller, or restore a backup of the state file",
-                )
-            # Writing under the exclusive locking mode keeps the lock until close().
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('opened_at', ?)", (_iso(datetime.now(UTC)),)
-            )
-            db.execute("COMMIT")
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            os.close(lock_fd)
+            raise StateError(shown, f"cannot be read ({exc})") from None
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            os.close(lock_fd)
             raise
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        return cls(path, db, lock_fd)
+
+    @classmethod
+    def read_only(cls, path: Path) -> StateStore:
+        """A reader that never writes and takes no lock (``state show``, also while the daemon
+        runs); the file is checked as ``open`` checks it."""
+        shown = str(path)
+        if not _check_file(path, shown):
+            raise StateError(shown, "does not exist", "the daemon creates it on its first start")
+        try:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            db.isolation_level = None
+            _validate(db, shown)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(shown, f"cannot be read ({exc})") from None
+        return cls(path, db, None)
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def cursor(self, partner_id: int, stream: str) -> Cursor | None:
         row = self._db.execute(
@@ -171,12 +261,7 @@ class StateStore:
             "WHERE partner_id = ? AND stream = ?",
             (partner_id, stream),
         ).fetchone()
-        if row is None:
-            return None
-        scan = None
-        if row[1] is not None:
-            scan = Scan(Window(_parse(row[1]), _parse(row[2])), int(row[3]))
-        return Cursor(_parse(row[0]), scan)
+        return None if row is None else _cursor_from_row(row)
 
     def already_emitted(self, partner_id: int, stream: str, ids: Iterable[int]) -> set[int]:
         wanted = list(ids)
@@ -199,12 +284,16 @@ class StateStore:
         *,
         cursors: Mapping[str, Cursor] | None = None,
         emitted: Mapping[str, Sequence[tuple[int, datetime]]] | None = None,
+        forget: Forget | None = None,
     ) -> None:
-        """Record acknowledged events and cursors, of any streams, in one durable transaction."""
+        """Record acknowledged events and cursors, of any streams, in one durable transaction
+        (and drop ids past the horizon in the same one)."""
         now = _iso(datetime.now(UTC))
         started = time.perf_counter()
         with self._transaction():
             for stream, ids in (emitted or {}).items():
+                if not ids:
+                    continue
                 # One statement per stream: SQLite walks a JSON object {id: start}, at half
                 # the cost of binding every row from Python (bench/README.md).
                 self._db.execute(
@@ -220,19 +309,26 @@ class StateStore:
                     ),
                 )
             for stream, cursor in (cursors or {}).items():
-                scan = cursor.scan
+                window = cursor.window
                 self._db.execute(
                     "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         partner_id,
                         stream,
                         _iso(cursor.scanned_until),
-                        _iso(scan.window.start) if scan else None,
-                        _iso(scan.window.end) if scan else None,
-                        scan.token if scan else None,
+                        _iso(window.start) if window else None,
+                        _iso(window.end) if window else None,
+                        cursor.next_id if window else None,
                         now,
                     ),
                 )
+            if forget is not None:
+                for stream in forget.streams:
+                    self._db.execute(
+                        "DELETE FROM emitted WHERE partner_id = ? AND stream = ? "
+                        "AND start_time < ?",
+                        (partner_id, stream, int(forget.before.timestamp())),
+                    )
         metrics.STATE_COMMIT.observe(time.perf_counter() - started)
 
     def count_emitted(self, partner_id: int, stream: str, window: Window) -> int:
@@ -244,17 +340,22 @@ class StateStore:
         ).fetchone()
         return int(row[0])
 
-    def forget_before(self, partner_id: int, stream: str, before: datetime) -> int:
-        """Drop the ids of sessions that started before ``before`` (outside the horizon)."""
-        with self._transaction():
-            removed = self._db.execute(
-                "DELETE FROM emitted WHERE partner_id = ? AND stream = ? AND start_time < ?",
-                (partner_id, stream, int(before.timestamp())),
-            ).rowcount
-        return int(removed)
+    def count_before(self, partner_id: int, stream: str, before: datetime) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM emitted WHERE partner_id = ? AND stream = ? AND start_time < ?",
+            (partner_id, stream, int(before.timestamp())),
+        ).fetchone()
+        return int(row[0])
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def partners(self, stream: str) -> list[int]:
         rows = self._db.execute(
@@ -270,42 +371,67 @@ class StateStore:
             self._db.execute(f"DELETE FROM emitted{where}", params)  # noqa: S608
         return int(removed)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything the file holds, summarised, for ``glance-poller state show``."""
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        streams: list[dict[str, Any]] = []
-        for partner_id, stream in self._db.execute(
-            "SELECT partner_id, stream FROM cursors ORDER BY partner_id, stream"
-        ).fetchall():
-            cursor = self.cursor(partner_id, stream)
-            assert cursor is not None
-            count, oldest, newest = self._db.execute(
-                "SELECT count(*), min(start_time), max(start_time) FROM emitted "
-                "WHERE partner_id = ? AND stream = ?",
-                (partner_id, stream),
-            ).fetchone()
-            streams.append(
-                {
-                    "partnerId": partner_id,
-                    "stream": stream,
-                    "scannedUntil": _iso(cursor.scanned_until),
-                    "scanInProgress": None
-                    if cursor.scan is None
-                    else {
-                        "windowStart": _iso(cursor.scan.window.start),
-                        "windowEnd": _iso(cursor.scan.window.end),
-                        "nextId": cursor.scan.token,
-                    },
-                    "emittedIds": count,
-                    "emittedStartTimes": None
-                    if count == 0
-                    else {
-                        "oldest": _iso(datetime.fromtimestamp(oldest, UTC)),
-                        "newest": _iso(datetime.fromtimestamp(newest, UTC)),
-                    },
-                }
-            )
+    def snapshot(self, now: datetime | None = None) -> dict[str, Any]:
+        """Everything the file holds, summarised, read in one transaction (a consistent
+        snapshot), for ``glance-poller state show``; ``now`` adds each cursor's lag."""
+        self._db.execute("BEGIN")
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            rows = self._db.execute(
+                "SELECT partner_id, stream, scanned_until, scan_start, scan_end, scan_token "
+                "FROM cursors ORDER BY partner_id, stream"
+            ).fetchall()
+            streams = [
+                self._describe(row[0], row[1], _cursor_from_row(row[2:]), now) for row in rows
+            ]
+        finally:
+            self._db.execute("COMMIT")
         return {"path": str(self.path), "meta": meta, "streams": streams}
+
+    def _describe(
+        self, partner_id: int, stream: str, cursor: Cursor, now: datetime | None
+    ) -> dict[str, Any]:
+        count, oldest, newest = self._db.execute(
+            "SELECT count(*), min(start_time), max(start_time) FROM emitted "
+            "WHERE partner_id = ? AND stream = ?",
+            (partner_id, stream),
+        ).fetchone()
+        window = cursor.window
+        described: dict[str, Any] = {
+            "partnerId": partner_id,
+            "stream": stream,
+            "scannedUntil": _iso(cursor.scanned_until),
+            "scanInProgress": None
+            if window is None
+            else {
+                "windowStart": _iso(window.start),
+                "windowEnd": _iso(window.end),
+                "nextId": cursor.next_id,
+            },
+            "emittedIds": count,
+            "emittedStartTimes": None
+            if count == 0
+            else {
+                "oldest": _iso(datetime.fromtimestamp(oldest, UTC)),
+                "newest": _iso(datetime.fromtimestamp(newest, UTC)),
+            },
+        }
+        if now is not None:
+            described["lagSeconds"] = round((now - cursor.scanned_until).total_seconds(), 3)
+        return described
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a state file nobody can use out of the way (``state reset``): kept, with the
+    time in its name, so that nothing is lost by starting over."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return target
 
 
 def parse_cli_date(text: str) -> datetime:
@@ -327,14 +453,3 @@ def _scope(partner_id: int | None, stream: str | None) -> tuple[str, tuple[Any, 
         clauses.append("stream = ?")
         params.append(stream)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -8,29 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
 from poller import metrics
-from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
+from poller.errors import (
+    AuthenticationFailed,
+    RetriableUpstreamError,
+    UnknownOperation,
+    UpstreamMisconfigured,
+)
 from poller.glance.dates import to_request
-from poller.glance.paging import Paginator, RepeatedPageToken, Window
-from poller.glance.records import SessionPage, answer_d, read_session_page
+from poller.glance.paging import Paginator, RepeatedPageToken
+from poller.glance.records import SessionPage, answer_d, parse_session_page
 from poller.logs import get_logger
 from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
-
-if TYPE_CHECKING:
-    from poller._fastpath import Builder
+from poller.window import Window
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -43,8 +45,8 @@ def _as_is(d: Any) -> Any:
 SERVICE_PATH = "/services/activityservice.asmx"
 COMPLETED_SESSIONS = "PartnerCompletedSessions"
 SESSION_COUNTS = "PartnerSessionCounts"
-# Answers at least this large (listing pages) are read in a worker thread.
-READ_IN_THREAD_BYTES = 64 * 1024
+# Read at most this much of an answer at a time, so the cap holds whatever upstream claims.
+_CHUNK = 256 * 1024
 
 
 def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
@@ -58,32 +60,65 @@ def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
 
 @dataclass
 class ServerClock:
-    """Upstream's notion of now, from the ``Date`` header of its latest answer.
+    """Upstream's notion of now, from the ``Date`` header of its latest answer, trusted only
+    within ``tolerance`` seconds of the host's clock.
 
-    Windows end at the server's time rather than ours: a skewed host clock can then neither
-    scan the future (and skip what starts there later) nor lag behind.
+    Windows end at the server's time rather than ours: a host clock skewed by less than the
+    tolerance can then neither scan the future (and skip what starts there later) nor lag
+    behind. Beyond the tolerance the host clock bounds it (one warning, a metric): one answer
+    dated 2099 must not carry a cursor into the future.
     """
 
+    tolerance: float = 300.0
     latest: datetime | None = None
     # When (host monotonic time) ``latest`` was read: an old reading must be refreshed.
     observed_at: float = 0.0
+    bounded: bool = field(default=False, repr=False)
 
     def observe(self, header: str | None) -> datetime | None:
-        """Take in one answer's ``Date``; returns it (None when absent or unreadable)."""
+        """Take in one answer's ``Date``; returns it, bounded (None when absent/unreadable)."""
         if not header:
             return None
         try:
             moment = parsedate_to_datetime(header)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
+        moment = self.bound(moment.astimezone(UTC))
         # Concurrent answers can arrive out of order: an older one must not move now back.
         if self.latest is None or moment >= self.latest:
             self.latest = moment
         self.observed_at = time.monotonic()
         return moment
+
+    def bound(self, moment: datetime) -> datetime:
+        host = datetime.now(UTC)
+        skew = (moment - host).total_seconds()
+        metrics.UPSTREAM_CLOCK_SKEW.set(skew)
+        if abs(skew) <= self.tolerance:
+            if self.bounded:
+                log.info("upstream's clock is within the tolerance again", skew_seconds=skew)
+            self.bounded = False
+            return moment
+        metrics.UPSTREAM_CLOCK_BOUNDED.inc()
+        if not self.bounded:
+            log.warning(
+                "upstream's Date is too far from the host clock; the host clock bounds it "
+                "(check the host's and the service's time, or glance.clock_tolerance)",
+                skew_seconds=round(skew),
+                tolerance_seconds=self.tolerance,
+            )
+        self.bounded = True
+        limit = timedelta(seconds=self.tolerance)
+        return host + limit if skew > 0 else host - limit
+
+    def now(self) -> datetime | None:
+        """The latest reading, never beyond the host clock plus the tolerance."""
+        if self.latest is None:
+            return None
+        ceiling = datetime.now(UTC) + timedelta(seconds=self.tolerance)
+        return min(self.latest, ceiling)
 
     def age(self) -> float:
         return time.monotonic() - self.observed_at if self.latest is not None else float("inf")
@@ -97,7 +132,7 @@ def _retry_after(header: str | None, server_now: datetime | None) -> float | Non
         return float(text)
     try:
         moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -129,10 +164,8 @@ class GlanceClient:
         self._settings = settings
         self._partner = partner
         self._retry = retry
-        self.clock = ServerClock()
-        # The event builder's native fast path, if any: listings are read and their records
-        # rendered with it (the builder then only joins the parts).
-        self.native: Builder | None = None
+        self.clock = ServerClock(settings.clock_tolerance)
+        self._max_answer = settings.answer_cap()
 
     @property
     def partner_id(self) -> int:
@@ -183,18 +216,22 @@ class GlanceClient:
                 data=body,
                 headers={"Content-Type": "application/json; charset=utf-8"},
                 timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout),
+                # Never: a redirect would re-send the key to wherever Location points.
+                allow_redirects=False,
             ) as response:
                 served_at = self.clock.observe(response.headers.get("Date"))
-                payload = await response.read()
                 outcome = f"{response.status // 100}xx"
+                if 300 <= response.status < 400:
+                    raise self._redirected(operation, response)
+                payload = await self._read_capped(operation, response)
                 if response.status >= 400 and response.headers.get("jsonerror") == "true":
                     outcome = "fault"
                 self._check_answer(operation, response, payload)
-                if len(payload) < READ_IN_THREAD_BYTES:
-                    return read(operation, payload), served_at
-                # A listing page is read beside the event loop: the native reader releases
-                # the GIL while it parses, so the loop goes on producing the previous page.
-                return await asyncio.to_thread(read, operation, payload), served_at
+                return read(operation, payload), served_at
+        except RetriableUpstreamError as exc:
+            if exc.reason == "too_large":
+                outcome = "too_large"
+            raise
         except TimeoutError:
             outcome = "timeout"
             raise RetriableUpstreamError(
@@ -227,6 +264,37 @@ class GlanceClient:
             metrics.UPSTREAM_REQUESTS.labels(str(self._partner.id), operation, outcome).inc()
             metrics.UPSTREAM_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
+    async def _read_capped(self, operation: str, response: aiohttp.ClientResponse) -> bytes:
+        """The body, or a retriable fault once it passes the cap: memory stays bounded
+        whatever upstream sends or claims to send."""
+        cap = self._max_answer
+        too_large = RetriableUpstreamError(
+            "too_large",
+            f"{operation}: the answer is larger than {cap} bytes (glance.max_answer_bytes)",
+        )
+        if (response.content_length or 0) > cap:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await response.content.read(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _redirected(
+        self, operation: str, response: aiohttp.ClientResponse
+    ) -> UpstreamMisconfigured:
+        location = response.headers.get("Location", "")
+        shown = location[:200].encode("ascii", "backslashreplace").decode()
+        return UpstreamMisconfigured(
+            self._partner.id,
+            f"{operation}: the service answered HTTP {response.status}, redirecting to "
+            f"{shown!r}; redirects are never followed (the API key must not leave the "
+            "configured host): set glance.base_url to the service's real address",
+        )
+
     def _check_answer(
         self, operation: str, response: aiohttp.ClientResponse, payload: bytes
     ) -> None:
@@ -255,7 +323,7 @@ class GlanceClient:
         counts call when it is older than ``max_age`` seconds, or when (in whole seconds) it
         is no later than ``later_than``. Without the refresh, ticks that make no other call
         would keep seeing the same instant and never move on."""
-        latest = self.clock.latest
+        latest = self.clock.now()
         if (
             latest is None
             or self.clock.age() > max_age
@@ -263,7 +331,7 @@ class GlanceClient:
         ):
             local = datetime.now(UTC)
             await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
-        return self.clock.latest or datetime.now(UTC)
+        return self.clock.now() or datetime.now(UTC)
 
     async def session_counts(
         self, window: Window, *, status: str, kind: str = "", shape: Callable[[Any], T] = _as_is
@@ -330,6 +398,6 @@ class GlanceClient:
                 "nResults": page_size,
                 "nextId": token,
             },
-            functools.partial(read_session_page, request_token=token, native=self.native),
+            lambda op, body: parse_session_page(answer_d(op, body), token, page_size),
         )
         return dataclasses.replace(page, served_at=served_at)

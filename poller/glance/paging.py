@@ -1,36 +1,6 @@
-"""Windows and page tokens: the two ways a scan is cut into requests."""
+"""Page tokens: the ``nextId`` a listing answers with, followed until it says 0."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-
-@dataclass(frozen=True)
-class Window:
-    """A half-open ``[start, end)`` range of session start times."""
-
-    start: datetime
-    end: datetime
-
-    def __post_init__(self) -> None:
-        if self.end < self.start:
-            raise ValueError(f"window ends before it starts: {self.start} > {self.end}")
-
-    @property
-    def span(self) -> timedelta:
-        return self.end - self.start
-
-
-def split_window(window: Window, max_span: timedelta) -> list[Window]:
-    """Consecutive windows covering ``window``, none longer than ``max_span`` (API: 31 days)."""
-    pieces: list[Window] = []
-    start = window.start
-    while start < window.end:
-        end = min(start + max_span, window.end)
-        pieces.append(Window(start, end))
-        start = end
-    return pieces
 
 
 class RepeatedPageToken(Exception):

@@ -1,28 +1,25 @@
 """The completed stream's fast scan: PartnerCompletedSessions -> ``session.completed``.
 
-A scan covers ``[scanned_until - overlap, now)`` in windows of at most 31 days, page by
-page. Each page is published and acknowledged before its cursor (window and next token)
-and its ids are committed, so a crash re-emits at most the page in flight, never skips.
-Sessions that end long after the scan covered their start are the reconcile sweep's.
+Each tick scans ``[scanned_until - overlap, now)`` in windows of at most 31 days, page by page
+(the one scan, ``streams/scan.py``), and then fetches the starts of the sessions the started
+stream saw leave its listing, so a long session is delivered as soon as it ends. Sessions that
+end long after the scan covered their start, unseen, are the reconcile sweep's.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from poller import metrics
-from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
-from poller.glance.paging import RepeatedPageToken, Window, split_window
-from poller.logs import get_logger
+from poller.cursor import Cursor
+from poller.glance.client import COMPLETED_SESSIONS
 from poller.settings import CompletedStreamSettings, GlanceSettings
-from poller.state import Cursor, Scan, StateStore
-from poller.streams.feed import Delivered, PartnerFeed
+from poller.streams.feed import Delivered
+from poller.streams.names import COMPLETED, RECONCILE
 from poller.streams.open_sessions import OpenSessions
-
-log = get_logger(__name__)
-STREAM = "completed"
+from poller.streams.scan import Scanner
+from poller.window import Window
 
 
 @dataclass
@@ -31,6 +28,7 @@ class ScanSummary:
     pages: int = 0
     windows: list[Window] = field(default_factory=list)
     scanned_until: datetime | None = None
+    departed_fetched: int = 0
     behind: bool = False
 
     def as_log(self) -> dict[str, object]:
@@ -40,33 +38,28 @@ class ScanSummary:
             "window_start": self.windows[0].start.isoformat() if self.windows else None,
             "window_end": self.windows[-1].end.isoformat() if self.windows else None,
             "scanned_until": self.scanned_until.isoformat() if self.scanned_until else None,
+            "departed_fetched": self.departed_fetched,
             "behind": self.behind,
         }
 
 
 class CompletedStream:
-    name = STREAM
+    name = COMPLETED
     uses_state = True
 
     def __init__(
         self,
-        client: GlanceClient,
-        feed: PartnerFeed,
-        state: StateStore,
+        scanner: Scanner,
         glance: GlanceSettings,
         settings: CompletedStreamSettings,
-        stopping: asyncio.Event,
         open_sessions: OpenSessions | None = None,
     ) -> None:
-        self._client = client
-        self._feed = feed
+        self._scanner = scanner
+        self._feed = scanner.feed
         self._open_sessions = open_sessions
-        self._state = state
-        self._page_size = glance.page_size
         self._max_window = timedelta(seconds=glance.max_window)
         self._settings = settings
-        self._stopping = stopping
-        self.partner_id = client.partner_id
+        self.partner_id = scanner.feed.partner_id
 
     @property
     def interval(self) -> float:
@@ -74,70 +67,69 @@ class CompletedStream:
 
     async def tick(self) -> ScanSummary:
         """Scan up to upstream's now (resuming an interrupted scan first), page budget allowing."""
-        stored = self._state.cursor(self.partner_id, STREAM)
+        state = self._feed.state
+        stored = state.cursor(self.partner_id, COMPLETED)
         # Ticks run at a fixed rate: the last answer's Date (whole seconds) can still be the
         # second this cursor ended on, and the tick would scan nothing; then ask again.
-        scanned_until = stored.scanned_until if stored and stored.scan is None else None
-        now = (await self._client.server_now(later_than=scanned_until)).replace(microsecond=0)
-        cursor = stored or Cursor(now - timedelta(seconds=self._settings.start_lookback))
+        later_than = stored.scanned_until if stored and not stored.in_window else None
+        client = self._scanner.client
+        now = (await client.server_now(later_than=later_than)).replace(microsecond=0)
+        if stored is None:
+            # A first start: the feed begins here, and the sweep never reaches before it.
+            origin = now - timedelta(seconds=self._settings.start_lookback)
+            stored = Cursor(origin).begin(now, origin, self._max_window)
+            self._feed.commit(cursors={COMPLETED: stored, RECONCILE: Cursor(origin)})
+        cursor = stored
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
-        while not self._stopping.is_set():
-            if summary.pages >= self._settings.max_pages_per_tick:
+        budget = self._settings.max_pages_per_tick
+        while not self._scanner.stopping.is_set():
+            if summary.pages >= budget:
                 summary.behind = True
                 break
-            if cursor.scan is None:
-                if cursor.scanned_until >= now:
-                    break
-                span = Window(self._look_back_to(cursor.scanned_until, overlap), now)
-                first = split_window(span, self._max_window)[0]
-                cursor = Cursor(cursor.scanned_until, Scan(first, 0))
-            cursor = await self._scan(cursor, summary)
+            cursor = cursor.begin(now, self._look_back_to(cursor, overlap), self._max_window)
+            if cursor.done_by(now):
+                break
+            assert cursor.window is not None
+            summary.windows.append(cursor.window)
+            outcome = await self._scanner.scan(
+                COMPLETED_SESSIONS,
+                COMPLETED,
+                cursor,
+                COMPLETED,
+                max_pages=budget - summary.pages,
+            )
+            summary.pages += outcome.pages
+            summary.delivered.add(outcome.delivered)
+            cursor = outcome.cursor
         summary.scanned_until = cursor.scanned_until
+        if summary.windows and not summary.behind:
+            await self._fetch_departed(summary.windows[0].start, summary)
         lag = (now - cursor.scanned_until).total_seconds()
-        metrics.CURSOR_LAG.labels(str(self.partner_id), STREAM).set(max(0.0, lag))
+        metrics.CURSOR_LAG.labels(str(self.partner_id), COMPLETED).set(max(0.0, lag))
         return summary
 
-    def _look_back_to(self, previous_end: datetime, overlap: timedelta) -> datetime:
+    def _look_back_to(self, cursor: Cursor, overlap: timedelta) -> datetime:
         """Where the next window starts: ``overlap`` before the cursor at most, and only as
         far as the oldest session open at the previous scan when a listing tells us."""
+        previous_end = cursor.scanned_until
         farthest = previous_end - overlap
         bound = self._open_sessions.look_back_to(previous_end) if self._open_sessions else None
         if bound is None:
             return farthest
         return max(farthest, min(bound, previous_end) - timedelta(seconds=1))
 
-    async def _scan(self, cursor: Cursor, summary: ScanSummary) -> Cursor:
-        assert cursor.scan is not None
-        window = cursor.scan.window
-        summary.windows.append(window)
-        pages = self._client.session_pages(
-            COMPLETED_SESSIONS, window, self._page_size, cursor.scan.token
-        )
-        try:
-            async for page in pages:
-                summary.pages += 1
-                if page.next_token == 0:
-                    after = Cursor(max(cursor.scanned_until, window.end))
-                else:
-                    after = Cursor(cursor.scanned_until, Scan(window, page.next_token))
-                summary.delivered.add(
-                    await self._feed.deliver(
-                        page.records, "completed", COMPLETED_SESSIONS, {STREAM: after}, window
-                    )
-                )
-                cursor = after
-                if self._stopping.is_set() or summary.pages >= self._settings.max_pages_per_tick:
-                    break
-        except RepeatedPageToken as exc:
-            log.warning(
-                "upstream repeated a page token; ending this window's scan early",
-                next_id=exc.token,
-                window_start=window.start.isoformat(),
-                window_end=window.end.isoformat(),
-            )
-            cursor = Cursor(max(cursor.scanned_until, window.end))
-            self._state.commit(self.partner_id, cursors={STREAM: cursor})
-        finally:
-            await pages.aclose()
-        return cursor
+    async def _fetch_departed(self, covered_from: datetime, summary: ScanSummary) -> None:
+        """The starts of sessions that just left the open listing, before what this tick's
+        scan covered: long sessions are delivered within a tick of their end."""
+        sessions = self._open_sessions
+        if sessions is None or not sessions.departed():
+            return
+        for window in sessions.departed_windows(covered_from):
+            if self._scanner.stopping.is_set():
+                return
+            outcome = await self._scanner.listing(COMPLETED_SESSIONS, COMPLETED, window)
+            summary.departed_fetched += 1
+            summary.delivered.add(outcome.delivered)
+        state = self._feed.state
+        sessions.tried(state.already_emitted(self.partner_id, COMPLETED, sessions.departed()))

@@ -13,10 +13,10 @@ from typing import Any
 from poller.errors import RetriableUpstreamError
 from poller.events import CountsSnapshot, EventBuilder
 from poller.glance.client import GlanceClient
-from poller.glance.paging import Window
-from poller.publisher import Publisher
+from poller.publisher import Publisher, publish
 from poller.settings import CountsStreamSettings
-from poller.streams.reconcile import floor_to
+from poller.streams.names import COUNTS
+from poller.window import Window, floor_to
 
 ROW_FIELDS = ("type", "status", "count", "averageDuration")
 
@@ -44,7 +44,7 @@ def count_rows(rows: Any) -> list[dict[str, Any]]:
 
 
 class CountsStream:
-    name = "counts"
+    name = COUNTS
     uses_state = False
 
     def __init__(
@@ -70,9 +70,11 @@ class CountsStream:
         day = Window(midnight, midnight + timedelta(days=1))
         active = await self._client.session_counts(day, status="A", shape=count_rows)
         completed = await self._client.session_counts(day, status="C", shape=count_rows)
-        await self._publisher.publish(
-            [self._builder.counts(CountsSnapshot(now, day, active, completed))]
+        refused = await publish(
+            self._publisher, [self._builder.counts(CountsSnapshot(now, day, active, completed))]
         )
+        if refused:
+            raise RetriableUpstreamError("too_large", refused[0].reason)
         return CountsSummary(
             active=sum(r["count"] for r in active), completed=sum(r["count"] for r in completed)
         )

@@ -1,9 +1,10 @@
 """One partner's path from upstream records to acknowledged, remembered events.
 
-Every stream that emits session events goes through ``deliver``: drop what was already
-emitted, build events (or dead letters), publish and await every acknowledgement, then
-commit ids and cursors in one transaction. A session first seen already ended gets its
-started event here, published and acknowledged before its completed event.
+Every stream that emits session events goes through ``send`` then ``settle``: drop what was
+already emitted, build events (or dead letters), hand them to Kafka; then await every
+acknowledgement, dead-letter what Kafka refused, and only then commit ids and cursors in one
+transaction. ``commit`` is the one place the daemon writes its state. A session first seen
+already ended gets its started event here, acknowledged before its completed event is sent.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 import orjson
 
 from poller import metrics
+from poller.cursor import Cursor
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, EventType
 from poller.glance.dates import parse_returned, to_event
-from poller.glance.paging import Window
 from poller.glance.records import SourceRecord
-from poller.publisher import Publication, Publisher
-from poller.state import Cursor, StateStore
+from poller.logs import get_logger
+from poller.publisher import Publication, Publisher, Refusal, publish
+from poller.state import Forget, StateStore
+from poller.window import Window
+
+log = get_logger(__name__)
+Memo = list[tuple[int, datetime]]
 
 
 @dataclass
@@ -37,21 +43,17 @@ class Delivered:
     started_on_completion: int = 0
 
     def add(self, other: Delivered) -> None:
-        for field in fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        for name in fields(self):
+            setattr(self, name.name, getattr(self, name.name) + getattr(other, name.name))
 
     def as_log(self) -> dict[str, int]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {name.name: getattr(self, name.name) for name in fields(self)}
 
 
 def record_id(record: SourceRecord) -> int | None:
-    if record.native is not None:
-        return record.native.id  # checked in Rust: a positive integer
-    if record.session is not None:
-        return record.session.id  # typed: a positive integer, and its raw is never decoded
     raw = record.raw
     value = raw.get("id") if isinstance(raw, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if type(value) is int and value > 0 else None
 
 
 def memory_key(record: SourceRecord) -> int:
@@ -85,16 +87,40 @@ def _start_of(record: SourceRecord, listed_in: Window | None) -> datetime:
     return listed_in.start if listed_in is not None else datetime.now(UTC)
 
 
+@dataclass
+class Sending:
+    """A page's events handed to Kafka; ``PartnerFeed.settle`` commits them once all are
+    acknowledged (or refused, and dead-lettered)."""
+
+    stream: EventType
+    operation: str
+    publication: Publication
+    cursors: Mapping[str, Cursor]
+    emitted: dict[str, Memo]
+    counts: Delivered
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def keys(self) -> set[int]:
+        return {key for key, _ in self.emitted.get(self.stream, ())}
+
+
 class PartnerFeed:
     def __init__(
-        self, partner_id: int, builder: EventBuilder, publisher: Publisher, state: StateStore
+        self,
+        partner_id: int,
+        builder: EventBuilder,
+        publisher: Publisher,
+        state: StateStore,
+        *,
+        started_enabled: bool = True,
     ) -> None:
         self.partner_id = partner_id
-        self._builder = builder
-        self._publisher = publisher
-        self._state = state
+        self.builder = builder
+        self.publisher = publisher
+        self.state = state
         # Off when the started stream is disabled or upstream lacks its operation.
-        self.started_enabled = True
+        self.started_enabled = started_enabled
 
     async def deliver(
         self,
@@ -117,95 +143,115 @@ class PartnerFeed:
     ) -> Sending:
         """Build and queue the events of ``records``; ``settle`` then waits for every
         acknowledgement and commits. Meanwhile the caller may prepare the next page: pass
-        this one as its ``in_flight`` (the ids it holds are not committed yet) and settle
-        them in order."""
+        this one as its ``in_flight`` (its ids are not committed yet) and settle in order."""
         counts = Delivered(records=len(records))
         keys = [memory_key(record) for record in records]
-        already = self._state.already_emitted(self.partner_id, stream, keys)
+        already = self.state.already_emitted(self.partner_id, stream, keys)
         if in_flight is not None:
             already |= in_flight.keys
         fresh: list[tuple[SourceRecord, Event]] = []
         dead: list[Event] = []
-        remembered: list[tuple[int, datetime]] = []
+        remembered: Memo = []
         for record, key in zip(records, keys, strict=True):
             if key in already:
                 counts.duplicates += 1
                 continue
+            already.add(key)
             try:
                 if stream == "completed":
-                    event = self._builder.completed(record)
+                    event = self.builder.completed(record)
                 else:
-                    event = self._builder.started(record, observed_active=True)
+                    event = self.builder.started(record, observed_active=True)
             except BadRecord as exc:
-                dead.append(self._builder.dead_letter(record, exc.reason, operation))
+                dead.append(self.builder.dead_letter(record, exc.reason, operation))
                 # Remembered like an event: the same bad record is dead-lettered once.
                 remembered.append((key, _start_of(record, listed_in)))
-                already.add(key)
                 continue
-            already.add(key)
             fresh.append((record, event))
         started_first = self._started_for(fresh) if stream == "completed" else []
         if started_first:
             # Acknowledged before its completed event is even sent.
-            await self._publisher.publish(started_first)
+            refused = await publish(self.publisher, started_first)
+            await self._dead_letter(refused, operation)
         events = [event for _, event in fresh] + dead
-        publication = await self._publisher.send(events)
+        publication = await self.publisher.send(events)
         remembered.extend(_memo(event for _, event in fresh))
-        emitted: dict[str, list[tuple[int, datetime]]] = {stream: remembered}
+        emitted: dict[str, Memo] = {stream: remembered}
         if started_first:
             emitted["started"] = _memo(started_first)
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
-        return Sending(stream, publication, cursors, emitted, counts, events + started_first)
+        return Sending(
+            stream, operation, publication, cursors or {}, emitted, counts, events + started_first
+        )
 
     async def settle(self, sending: Sending) -> Delivered:
-        """Wait for every acknowledgement of ``sending``, then commit its ids and cursors."""
-        await sending.publication.acknowledged()
-        self._state.commit(self.partner_id, cursors=sending.cursors, emitted=sending.emitted)
-        self._count(sending.stream, sending.counts, sending.events)
+        """Wait for every acknowledgement of ``sending``, dead-letter what Kafka refused,
+        then commit its ids and cursors."""
+        refused = await sending.publication.acknowledged()
+        sending.counts.dead_letters += await self._dead_letter(refused, sending.operation)
+        self.commit(cursors=sending.cursors, emitted=sending.emitted)
+        self._count(sending.stream, sending.counts, sending.events, refused)
         return sending.counts
 
-    def _count(self, stream: str, counts: Delivered, events: list[Event]) -> None:
+    def commit(
+        self,
+        *,
+        cursors: Mapping[str, Cursor] | None = None,
+        emitted: Mapping[str, Memo] | None = None,
+        forget: Forget | None = None,
+    ) -> None:
+        """The one place the daemon writes its state: one transaction."""
+        self.state.commit(self.partner_id, cursors=cursors, emitted=emitted, forget=forget)
+
+    async def _dead_letter(self, refused: list[Refusal], operation: str) -> int:
+        """Kafka's refusals as dead letters (cut to fit), acknowledged before the page is
+        committed: the refused session is then remembered like an emitted one."""
+        if not refused:
+            return 0
+        limit = self.publisher.max_event_bytes
+        letters = [self.builder.refused(r.event, r.reason, operation, limit) for r in refused]
+        for refusal in refused:
+            log.warning(
+                "kafka cannot take an event: sent to the dead-letter topic",
+                session_id=refusal.event.session_id,
+                topic=refusal.event.topic,
+                size=len(refusal.event.value),
+                reason=refusal.reason,
+            )
+        lost = await publish(self.publisher, letters)
+        for letter in lost:
+            log.error("the dead letter was refused too", reason=letter.reason)
+        return len(letters)
+
+    def _count(
+        self, stream: str, counts: Delivered, events: list[Event], refused: list[Refusal]
+    ) -> None:
         partner = str(self.partner_id)
         metrics.PAGES.labels(partner, stream).inc()
         metrics.SESSIONS.labels(partner, stream).inc(counts.records)
         metrics.DUPLICATES.labels(partner, stream).inc(counts.duplicates)
         metrics.DEAD_LETTERS.labels(partner, stream).inc(counts.dead_letters)
-        for topic, number in Counter(e.topic for e in events).items():
+        not_produced = {id(r.event) for r in refused}
+        produced = Counter(e.topic for e in events if id(e) not in not_produced)
+        for topic, number in produced.items():
             metrics.EVENTS.labels(partner, topic).inc(number)
 
     def _started_for(self, completed: list[tuple[SourceRecord, Event]]) -> list[Event]:
         if not self.started_enabled or not completed:
             return []
-        seen_started = self._state.already_emitted(
+        seen_started = self.state.already_emitted(
             self.partner_id, "started", [e.session_id for _, e in completed if e.session_id]
         )
         return [
-            self._builder.started(record, observed_active=False)
+            self.builder.started(record, observed_active=False)
             for record, event in completed
             if event.session_id not in seen_started
         ]
 
 
-@dataclass
-class Sending:
-    """A page's events handed to Kafka; ``PartnerFeed.settle`` commits them once all are
-    acknowledged."""
-
-    stream: str
-    publication: Publication
-    cursors: Mapping[str, Cursor] | None
-    emitted: dict[str, list[tuple[int, datetime]]]
-    counts: Delivered
-    events: list[Event]
-
-    @property
-    def keys(self) -> set[int]:
-        return {key for key, _ in self.emitted[self.stream]}
-
-
-def _memo(events: Iterable[Event]) -> list[tuple[int, datetime]]:
+def _memo(events: Iterable[Event]) -> Memo:
     """What the state keeps of emitted events: the session id and its start."""
     return [
         (e.session_id, e.start_time)

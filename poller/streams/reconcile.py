@@ -2,32 +2,33 @@
 
 Upstream lists a session only once it has ended and filters on its start time, so a session
 that ends hours after the fast scan covered its start is invisible to that scan. Every
-interval the sweep compares, per start-time bucket inside the horizon, upstream's count of
-completed sessions with the ids emitted for that bucket, and rescans only the buckets where
-upstream holds more. One counts call over the whole horizon comes first: when it matches,
-that is the whole sweep. Ids of sessions older than the horizon then leave the state; a
-session still open at that point is reported as beyond the horizon (a known limit).
+interval the sweep compares, per start-time bucket from where the feed began (at most the
+horizon ago) up to where the fast scan has got (the current, partial bucket included),
+upstream's count of completed sessions with the ids emitted for that bucket, and rescans only
+the buckets where upstream holds more. One counts call over the whole span comes first: when
+it matches, that is the whole sweep. Ids of sessions older than the horizon then leave the
+state; a session still open at that point is reported as beyond the horizon (a known limit).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from poller import metrics
+from poller.cursor import Cursor
 from poller.errors import RetriableUpstreamError
-from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
-from poller.glance.paging import RepeatedPageToken, Window, split_window
+from poller.glance.client import COMPLETED_SESSIONS
 from poller.logs import get_logger
 from poller.settings import CompletedStreamSettings, GlanceSettings, ReconcileSettings
-from poller.state import Cursor, StateStore
-from poller.streams.completed import STREAM as COMPLETED
-from poller.streams.feed import Delivered, PartnerFeed
+from poller.state import Forget
+from poller.streams.feed import Delivered
+from poller.streams.names import COMPLETED, RECONCILE, STARTED
+from poller.streams.scan import Scanner
+from poller.window import Window, buckets, floor_to, split_window
 
 log = get_logger(__name__)
-STREAM = "reconcile"
 
 
 @dataclass
@@ -70,36 +71,26 @@ def total_count(rows: Any) -> int:
     return total
 
 
-def floor_to(moment: datetime, step: timedelta) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    return epoch + ((moment - epoch) // step) * step
-
-
 class ReconcileSweep:
-    name = STREAM
+    name = RECONCILE
     uses_state = True
 
     def __init__(
         self,
-        client: GlanceClient,
-        feed: PartnerFeed,
-        state: StateStore,
+        scanner: Scanner,
         glance: GlanceSettings,
         completed: CompletedStreamSettings,
         settings: ReconcileSettings,
-        stopping: asyncio.Event,
     ) -> None:
-        self._client = client
-        self._feed = feed
-        self._state = state
-        self._page_size = glance.page_size
+        self._scanner = scanner
+        self._client = scanner.client
+        self._feed = scanner.feed
         self._max_window = timedelta(seconds=glance.max_window)
         self._overlap = timedelta(seconds=completed.overlap)
         self._bucket = timedelta(seconds=settings.bucket)
         self._horizon = timedelta(seconds=settings.horizon)
         self._settings = settings
-        self._stopping = stopping
-        self.partner_id = client.partner_id
+        self.partner_id = scanner.feed.partner_id
 
     @property
     def interval(self) -> float:
@@ -111,41 +102,46 @@ class ReconcileSweep:
 
     async def tick(self) -> SweepSummary:
         summary = SweepSummary()
-        completed = self._state.cursor(self.partner_id, COMPLETED)
+        state = self._feed.state
+        completed = state.cursor(self.partner_id, COMPLETED)
         if completed is None:
             return summary  # nothing scanned yet, nothing to reconcile
+        done = state.cursor(self.partner_id, RECONCILE)
         now = await self._client.server_now()
-        first = floor_to(now - self._horizon, self._bucket)
-        # Only what the fast scan has covered; the bucket it is in comes next time.
-        last = floor_to(completed.scanned_until, self._bucket)
+        first = now - self._horizon
+        if done is not None:
+            # Never before where the feed began (or what was already forgotten).
+            first = max(first, done.scanned_until)
+        # Only what the fast scan has covered, up to the second: the current bucket too.
+        last = completed.scanned_until
         if last > first:
             await self._reconcile(Window(first, last), summary)
-        if not self._stopping.is_set():
-            await self._forget_beyond_horizon(
-                min(first, completed.scanned_until - self._overlap), summary
-            )
+        if not self._scanner.stopping.is_set():
+            edge = floor_to(min(now - self._horizon, last - self._overlap), self._bucket)
+            await self._forget_beyond_horizon(edge, done, summary)
         labels = {"partner": str(self.partner_id)}
         metrics.LATE_COMPLETIONS.labels(**labels).inc(summary.late_completions)
         metrics.BUCKETS_MISMATCHED.labels(**labels).set(summary.still_mismatched)
         return summary
 
     async def _reconcile(self, span: Window, summary: SweepSummary) -> None:
-        buckets = [Window(start, start + self._bucket) for start in _steps(span, self._bucket)]
-        summary.buckets = len(buckets)
+        state = self._feed.state
+        pieces = buckets(span, self._bucket)
+        summary.buckets = len(pieces)
         upstream = await self._completed_count(span, summary)
-        if upstream <= self._state.count_emitted(self.partner_id, COMPLETED, span):
+        if upstream <= state.count_emitted(self.partner_id, COMPLETED, span):
             return
-        for bucket in buckets:
-            if self._stopping.is_set():
+        for bucket in pieces:
+            if self._scanner.stopping.is_set():
                 return
             upstream = await self._completed_count(bucket, summary)
-            if upstream <= self._state.count_emitted(self.partner_id, COMPLETED, bucket):
+            if upstream <= state.count_emitted(self.partner_id, COMPLETED, bucket):
                 continue
             summary.rescanned += 1
-            found = await self._rescan(bucket)
-            summary.delivered.add(found)
-            summary.late_completions += found.emitted
-            remaining = upstream - self._state.count_emitted(self.partner_id, COMPLETED, bucket)
+            outcome = await self._scanner.listing(COMPLETED_SESSIONS, COMPLETED, bucket)
+            summary.delivered.add(outcome.delivered)
+            summary.late_completions += outcome.delivered.emitted
+            remaining = upstream - state.count_emitted(self.partner_id, COMPLETED, bucket)
             if remaining > 0:
                 summary.still_mismatched += 1
                 log.info(
@@ -155,27 +151,13 @@ class ReconcileSweep:
                     missing=remaining,
                 )
 
-    async def _rescan(self, bucket: Window) -> Delivered:
-        found = Delivered()
-        pages = self._client.session_pages(COMPLETED_SESSIONS, bucket, self._page_size)
-        try:
-            async for page in pages:
-                found.add(
-                    await self._feed.deliver(
-                        page.records, "completed", COMPLETED_SESSIONS, listed_in=bucket
-                    )
-                )
-        except RepeatedPageToken as exc:
-            log.warning("upstream repeated a page token during a rescan", next_id=exc.token)
-        finally:
-            await pages.aclose()
-        return found
-
-    async def _forget_beyond_horizon(self, edge: datetime, summary: SweepSummary) -> None:
+    async def _forget_beyond_horizon(
+        self, edge: datetime, done: Cursor | None, summary: SweepSummary
+    ) -> None:
         """Report sessions still open as their start leaves the horizon, then drop old ids."""
-        edge = floor_to(edge, self._bucket)
-        done = self._state.cursor(self.partner_id, STREAM)
-        if done is not None and edge > done.scanned_until:
+        if done is not None and edge <= done.scanned_until:
+            return
+        if done is not None:
             for window in split_window(Window(done.scanned_until, edge), self._max_window):
                 summary.counts_calls += 1
                 still_open = await self._client.session_counts(
@@ -191,16 +173,10 @@ class ReconcileSweep:
                         started_until=window.end.isoformat(),
                     )
             metrics.BEYOND_HORIZON.labels(partner=str(self.partner_id)).inc(summary.beyond_horizon)
-        if done is None or edge > done.scanned_until:
-            for stream in (COMPLETED, "started"):
-                summary.forgotten_ids += self._state.forget_before(self.partner_id, stream, edge)
-            self._state.commit(self.partner_id, cursors={STREAM: Cursor(edge)})
-
-
-def _steps(span: Window, step: timedelta) -> list[datetime]:
-    starts = []
-    start = span.start
-    while start < span.end:
-        starts.append(start)
-        start += step
-    return starts
+        state = self._feed.state
+        summary.forgotten_ids = sum(
+            state.count_before(self.partner_id, stream, edge) for stream in (COMPLETED, STARTED)
+        )
+        self._feed.commit(
+            cursors={RECONCILE: Cursor(edge)}, forget=Forget((COMPLETED, STARTED), edge)
+        )

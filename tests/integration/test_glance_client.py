@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
 from poller.glance.client import COMPLETED_SESSIONS, GlanceClient, ServerClock
-from poller.glance.paging import Window
 from poller.settings import GlanceSettings, Partner, RetrySettings
+from poller.window import Window
 from tests.integration.harness import API_KEY, PARTNER_ID, Emulator
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

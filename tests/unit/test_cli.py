@@ -67,7 +67,8 @@ def test_unusable_state_exits_4_naming_the_file(tmp_path: Path) -> None:
 def test_state_show_and_reset(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from poller.state import Cursor, StateStore
+    from poller.cursor import Cursor
+    from poller.state import StateStore
 
     state = tmp_path / "state.sqlite3"
     store = StateStore.open(state)
@@ -118,7 +119,8 @@ def _daemon_env(state: Path) -> dict[str, str]:
 def _valid_state(path: Path) -> None:
     from datetime import UTC, datetime
 
-    from poller.state import Cursor, StateStore
+    from poller.cursor import Cursor
+    from poller.state import StateStore
 
     store = StateStore.open(path)
     moment = datetime(2026, 1, 1, tzinfo=UTC)

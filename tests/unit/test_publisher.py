@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from poller.health import Health
-from poller.publisher import KafkaPublisher
+from poller.publisher import KafkaPublisher, publish
 from poller.settings import KafkaSettings, RetrySettings
 
 
@@ -20,6 +20,6 @@ async def test_an_empty_batch_says_nothing_about_the_broker() -> None:
         health=health,
         retry_forever=False,
     )
-    await publisher.publish([])
+    assert await publish(publisher, []) == []
     assert "kafka: unreachable" in health.problems()
     await publisher.stop(1.0)

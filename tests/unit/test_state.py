@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from poller.cursor import Cursor
 from poller.errors import StateError
-from poller.glance.paging import Window
-from poller.state import Cursor, Scan, StateStore
+from poller.state import StateStore
+from poller.window import Window
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -45,17 +46,17 @@ def test_commit_and_resume_after_reopen(tmp_path: Path) -> None:
         store,
         7,
         "completed",
-        Cursor(NOW - timedelta(hours=2), Scan(window, 4242)),
+        Cursor(NOW - timedelta(hours=2), window, 4242),
         [(1, NOW), (2, NOW)],
     )
     commit_old_style(store, 7, "completed", Cursor(NOW), [(3, NOW)])
-    commit_old_style(store, 8, "completed", Cursor(NOW - timedelta(days=1), Scan(window, 17)))
+    commit_old_style(store, 8, "completed", Cursor(NOW - timedelta(days=1), window, 17))
     store.close()
 
     reopened = StateStore.open(path)
     try:
         assert reopened.cursor(7, "completed") == Cursor(NOW)
-        assert reopened.cursor(8, "completed") == Cursor(NOW - timedelta(days=1), Scan(window, 17))
+        assert reopened.cursor(8, "completed") == Cursor(NOW - timedelta(days=1), window, 17)
         assert reopened.already_emitted(7, "completed", [1, 2, 3, 4]) == {1, 2, 3}
         assert reopened.already_emitted(8, "completed", [1, 2, 3]) == set()
         shown = reopened.snapshot()["streams"]
@@ -111,7 +112,7 @@ def test_second_process_is_refused_while_the_first_holds_it(tmp_path: Path) -> N
             [
                 sys.executable,
                 "-c",
-                "import pathlib, sys; from poller.state import StateStore; "
+                "import pathlib, sys; from poller.state import Forget, StateStore; "
                 "StateStore.open(pathlib.Path(sys.argv[1]))",
                 str(path),
             ],
@@ -178,7 +179,10 @@ def test_count_and_forget_by_start_time(tmp_path: Path) -> None:
         last_four_hours = Window(NOW - timedelta(hours=4), NOW)
         assert store.count_emitted(3, "completed", last_four_hours) == 4
         assert store.count_emitted(3, "started", last_four_hours) == 2
-        assert store.forget_before(3, "completed", NOW - timedelta(hours=5, minutes=30)) == 5
+        edge = NOW - timedelta(hours=5, minutes=30)
+        assert store.count_before(3, "completed", edge) == 5
+        store.commit(3, forget=Forget(("completed",), edge))
+        assert store.count_before(3, "completed", edge) == 0
         assert store.already_emitted(3, "completed", range(11)) == {1, 2, 3, 4, 5}
         assert store.already_emitted(3, "started", range(11)) == {1, 2}
     finally:

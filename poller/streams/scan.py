@@ -1,0 +1,144 @@
+"""The one scan: a window's pages, followed by ``nextId``, delivered and committed in order.
+
+Used by the live completed stream, the reconcile rescans, the departed-session fetches, the
+started stream's listings and backfill. The next page is fetched and built while the previous
+one awaits its acknowledgements; pages are committed strictly in order, each only after all of
+its own acknowledgements, with the cursor the ``Cursor`` value says comes after it. A stop
+asked for meanwhile abandons the fetch in flight (nothing of it was sent) and settles the page
+already handed to Kafka, so a kill re-sends at most two pages, with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from poller.cursor import Cursor
+from poller.events import EventType
+from poller.glance.client import GlanceClient
+from poller.glance.paging import RepeatedPageToken
+from poller.glance.records import SessionPage
+from poller.logs import get_logger
+from poller.streams.feed import Delivered, PartnerFeed, Sending
+from poller.window import Window
+
+log = get_logger(__name__)
+_STOPPED = object()
+OnPage = Callable[[SessionPage, Delivered, Cursor], None]
+
+
+@dataclass
+class ScanOutcome:
+    cursor: Cursor
+    delivered: Delivered = field(default_factory=Delivered)
+    pages: int = 0
+    # Every page of the window was read (not stopped, not cut short by a repeated token).
+    complete: bool = False
+    # Upstream's time on the last page: the listing was true then.
+    served_at: datetime | None = None
+
+
+class Scanner:
+    def __init__(
+        self, client: GlanceClient, feed: PartnerFeed, page_size: int, stopping: asyncio.Event
+    ) -> None:
+        self.client = client
+        self.feed = feed
+        self.page_size = page_size
+        self.stopping = stopping
+
+    async def scan(
+        self,
+        operation: str,
+        stream: EventType,
+        cursor: Cursor,
+        cursor_name: str | None = None,
+        *,
+        max_pages: int | None = None,
+        on_page: OnPage | None = None,
+    ) -> ScanOutcome:
+        """Page the cursor's window from its ``next_id`` until it ends, ``max_pages`` were
+        read or a stop is asked for; each page's cursor is committed under ``cursor_name``
+        (None: only the ids are)."""
+        window = cursor.window
+        if window is None:
+            raise ValueError("the cursor is not in a window")
+        outcome = ScanOutcome(cursor)
+        pages = self.client.session_pages(operation, window, self.page_size, cursor.next_id)
+        in_flight: tuple[Sending, SessionPage, Cursor] | None = None
+
+        async def settle() -> None:
+            nonlocal in_flight
+            if in_flight is None:
+                return
+            sending, page, after = in_flight
+            in_flight = None
+            delivered = await self.feed.settle(sending)
+            outcome.delivered.add(delivered)
+            outcome.cursor = after
+            if on_page is not None:
+                on_page(page, delivered, after)
+
+        try:
+            while outcome.pages != max_pages and not self.stopping.is_set():
+                page = await self._next_page(pages)
+                if page is _STOPPED:
+                    break
+                if page is None:
+                    outcome.complete = True
+                    break
+                assert isinstance(page, SessionPage)
+                outcome.pages += 1
+                outcome.served_at = page.served_at
+                after = (in_flight[2] if in_flight else cursor).after_page(page.next_token)
+                sending = await self.feed.send(
+                    page.records,
+                    stream,
+                    operation,
+                    {cursor_name: after} if cursor_name else None,
+                    window,
+                    in_flight=in_flight[0] if in_flight else None,
+                )
+                await settle()
+                in_flight = (sending, page, after)
+            await settle()
+        except RepeatedPageToken as exc:
+            await settle()
+            log.warning(
+                "upstream repeated a page token; ending this window's scan early",
+                next_id=exc.token,
+                operation=operation,
+                window_start=window.start.isoformat(),
+                window_end=window.end.isoformat(),
+            )
+            outcome.cursor = outcome.cursor.finish_window()
+            if cursor_name:
+                self.feed.commit(cursors={cursor_name: outcome.cursor})
+        finally:
+            await pages.aclose()
+        return outcome
+
+    async def _next_page(self, pages: AsyncGenerator[SessionPage, None]) -> object:
+        """The next page, None at the end, or ``_STOPPED`` once a stop is asked for (the
+        fetch in flight is abandoned: nothing of that page was sent, so nothing is lost)."""
+        fetch = asyncio.ensure_future(anext(pages, None))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+            return _STOPPED
+        return fetch.result()
+
+    async def listing(
+        self, operation: str, stream: EventType, window: Window, on_page: OnPage | None = None
+    ) -> ScanOutcome:
+        """A whole window, with no cursor of its own (rescans, listings)."""
+        return await self.scan(operation, stream, Cursor(window.start, window), on_page=on_page)
