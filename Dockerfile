@@ -2,21 +2,12 @@
 #   docker build -t glance-poller .
 # The build stage installs the package and its dependencies under /install; the runtime stage
 # copies only that tree, so no wheel, build tool or pip cache reaches the image.
-# It also builds the native fast path (native/, Rust): the toolchain stays in this stage.
 FROM python:3.11-slim AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
-    && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-       | sh -s -- -y --profile minimal --no-modify-path
-ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY native ./native
 COPY poller ./poller
 RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-        --prefix=/install . \
-    && python -c "import sys; sys.path.insert(0, '/install/lib/python3.11/site-packages'); \
-import poller._fastpath"
+        --prefix=/install .
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 poller \

@@ -1,6 +1,5 @@
 # Everything from nothing: `make test` and `make run` create the virtual environment,
-# install the package (building its native fast path with cargo) and fetch the Kafka broker
-# jars themselves.
+# install the package (pure Python) and fetch the Kafka broker jars themselves.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,8 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs) | $(BIN)/python
-	command -v cargo >/dev/null || { echo "Rust (cargo) is required to build the native fast path: https://rustup.rs"; exit 1; }
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing glance-poller and its dependencies into $(VENV) ..."
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -35,22 +34,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	cargo fmt --manifest-path native/Cargo.toml --check
-	cargo clippy --quiet --manifest-path native/Cargo.toml --release --all-targets -- -D warnings
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 unit: install
-	cargo test --quiet --manifest-path native/Cargo.toml --release
 	$(BIN)/pytest tests/unit
 
 integration: install kafka-jars
 	$(BIN)/pytest tests/integration
 
 test: lint kafka-jars
-	cargo test --quiet --manifest-path native/Cargo.toml --release
 	$(BIN)/pytest
 
 run: install kafka-jars
@@ -63,4 +58,4 @@ bench: install kafka-jars
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache native/target poller/_fastpath.*.so
+	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache

@@ -247,7 +247,8 @@ class Backfill:
                                     else "Kafka did not acknowledge a page"
                                 )
                                 log.error(
-                                    f"backfill stopped: {what}; what was acknowledged is kept, {RESUME_HINT}",
+                                    f"backfill stopped: {what}; what was acknowledged is "
+                                    f"kept, {RESUME_HINT}",
                                     error=str(exc),
                                     **self._range,
                                 )

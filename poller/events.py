@@ -340,7 +340,7 @@ class EventBuilder:
             ("content-type", b"application/json"),
         ]
         value = event.value
-        room = max(0, limit - 4096)  # headers, key and the record batch's own overhead
+        room = max(limit // 2, limit - 4096)  # headers, key and the batch's own overhead
         if len(value) > room:
             value = value[:room]
             headers.append(("dlq_truncated", b"true"))

@@ -14,7 +14,7 @@ import pytest
 
 from poller.cursor import Cursor
 from poller.errors import StateError
-from poller.state import StateStore
+from poller.state import Forget, StateStore
 from poller.window import Window
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
