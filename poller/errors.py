@@ -59,6 +59,19 @@ class StateError(PollerError):
         super().__init__(f"state file {path} {problem}: {way_out}")
 
 
+class CursorInFuture(PollerError):
+    """A stored cursor lies beyond the host clock (plus the tolerance): scanning from there
+    would skip every session until then. Every tick fails, loudly, until it is moved back."""
+
+    def __init__(self, partner_id: int, stream: str, scanned_until: str) -> None:
+        self.reason = "cursor_in_future"
+        super().__init__(
+            f"the {stream} cursor lies in the future ({scanned_until}): nothing would be "
+            f"delivered until then; move it back with `glance-poller state reset --partner "
+            f"{partner_id} --to DATE` (stop the daemon first)"
+        )
+
+
 class UpstreamError(PollerError):
     """Something went wrong talking to the Glance Activity Service."""
 

@@ -31,7 +31,6 @@ class Health:
     ) -> None:
         self._streams: dict[tuple[int, str], _StreamHealth] = {}
         self._rejected: dict[int, str] = {}
-        self._cursor_problems: list[str] = []
         self._stale_after = stale_after_intervals
         self._grace = stale_grace
         self._failed_ticks = failed_ticks
@@ -61,9 +60,6 @@ class Health:
     def credentials_rejected(self, partner: int, reason: str = "credentials rejected") -> None:
         self._rejected[partner] = reason
 
-    def cursor_in_future(self, problem: str) -> None:
-        """A stored cursor beyond the host clock: not ready until the state is mended."""
-        self._cursor_problems.append(problem)
 
     def broker_answered(self) -> None:
         self._broker_ok_at = time.monotonic()
@@ -81,7 +77,6 @@ class Health:
     def problems(self) -> list[str]:
         now = time.monotonic()
         found = [f"partner {p}: {self._rejected[p]}" for p in sorted(self._rejected)]
-        found.extend(self._cursor_problems)
         for (partner, stream), health in sorted(self._streams.items()):
             if partner in self._rejected:
                 continue

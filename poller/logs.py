@@ -7,6 +7,7 @@ before rendering, so a secret cannot reach the output even inside a formatted tr
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import sys
 import time
@@ -67,11 +68,13 @@ def _forms(secret: str) -> set[str]:
     return {
         secret,
         orjson.dumps(secret).decode()[1:-1],
+        json.dumps(secret)[1:-1],  # with \uXXXX escapes, as ASP.NET and Python write JSON
         repr(secret)[1:-1],
         repr(encoded)[2:-1],
         secret.encode("unicode_escape").decode(),
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
+        base64.b64encode(encoded).decode(),
         base64.b64encode(encoded).decode().rstrip("="),
     }
 

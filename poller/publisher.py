@@ -410,7 +410,8 @@ class KafkaPublisher:
         log.debug("retrying", target="kafka", error=str(error), delay=round(delay, 2))
 
     async def ping(self, limit_seconds: float) -> bool:
-        """Ask Kafka for metadata: the broker answers, or it does not."""
+        """Ask Kafka for metadata: the broker answers, or it does not (refused credentials
+        raise KafkaAuthFailed)."""
         try:
             producer = await asyncio.wait_for(self._producer_now(), limit_seconds)
             await asyncio.wait_for(producer.client.fetch_all_metadata(), limit_seconds)

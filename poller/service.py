@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiohttp
 import structlog
@@ -31,6 +31,7 @@ from poller.errors import (
     AuthenticationFailed,
     ConfigError,
     ConfigProblem,
+    CursorInFuture,
     KafkaAuthFailed,
     PollerError,
     PublishFailed,
@@ -49,14 +50,14 @@ from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
 from poller.streams.counts import CountsStream
 from poller.streams.feed import PartnerFeed
-from poller.streams.names import COMPLETED, STARTED
+from poller.streams.names import STARTED
 from poller.streams.open_sessions import OpenSessions
 from poller.streams.reconcile import ReconcileSweep
 from poller.streams.started import StartedStream
 from poller.wiring import wire_partner
 
 log = get_logger(__name__)
-TRANSIENT = (RetriableUpstreamError, PublishFailed)
+TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture)
 
 
 @dataclass
@@ -149,7 +150,6 @@ class Service:
                     metrics_port=self.server_port,
                     once=once,
                 )
-                self._check_cursors(state)
                 self.health.running = True
                 if not once:
                     watcher = asyncio.create_task(self._watch_broker(publisher))
@@ -223,25 +223,6 @@ class Service:
             self.health.watch(partner.id, stream.name, stream.interval)
         return run
 
-    def _check_cursors(self, state: StateStore) -> None:
-        """A stored cursor beyond the host clock (plus the tolerance) would skip everything
-        until then: said loudly, kept out of readiness, counted; the way out is named."""
-        tolerance = timedelta(seconds=self._config.settings.glance.clock_tolerance)
-        ceiling = datetime.now(UTC) + tolerance
-        for run in self._partners:
-            for stream in (COMPLETED,):
-                cursor = state.cursor(run.partner.id, stream)
-                future = cursor is not None and cursor.scanned_until > ceiling
-                metrics.CURSOR_IN_FUTURE.labels(str(run.partner.id), stream).set(int(future))
-                if future and cursor is not None:
-                    problem = (
-                        f"partner {run.partner.id} stream {stream}: the cursor lies in the "
-                        f"future ({cursor.scanned_until.isoformat()}); move it back with "
-                        f"`glance-poller state reset --partner {run.partner.id} --to DATE`"
-                    )
-                    log.error(problem)
-                    self.health.cursor_in_future(problem)
-
     async def _watch_broker(self, publisher: KafkaPublisher) -> None:
         """When no batch was acknowledged lately, ask Kafka for metadata: /readyz must
         notice a broker that went away even while there is nothing to send."""
@@ -249,7 +230,12 @@ class Service:
         while not self._stopping.is_set():
             quiet = self.health.broker_quiet_for()
             if quiet is None or quiet >= every:
-                await publisher.ping(min(every, 5.0))
+                try:
+                    await publisher.ping(min(every, 5.0))
+                except KafkaAuthFailed as exc:
+                    self._fatal = exc
+                    self.request_stop()
+                    return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), every)
 

@@ -78,7 +78,9 @@ class GlanceSettings(_Section):
     # An answer larger than this is a retriable fault (unset: page_size x 8 KiB, >= 1 MiB).
     max_answer_bytes: int | None = Field(default=None, ge=1024)
     # Upstream's Date is trusted within this of the host clock, and bounded by it beyond.
-    clock_tolerance: Seconds = 300.0
+    clock_tolerance: Annotated[
+        float, BeforeValidator(parse_duration), Field(gt=0, le=100 * 365 * 86400.0)
+    ] = 300.0
 
     def answer_cap(self) -> int:
         if self.max_answer_bytes is not None:
@@ -355,6 +357,20 @@ def _check_kafka_security(kafka: KafkaSettings, problems: list[ConfigProblem]) -
             problems.append(ConfigProblem(f"kafka.{key}", f"no such file: {path}"))
 
 
+def _partners_anyway(file_values: dict[str, Any]) -> list[tuple[int, PartnerSettings]]:
+    """The partners that validate on their own, when the whole configuration did not."""
+    listed: Any = file_values.get("partners")
+    if os.environ.get("GLANCE_PARTNER_ID"):
+        listed = [{"id": os.environ["GLANCE_PARTNER_ID"]}]
+    found = []
+    for index, raw in enumerate(listed if isinstance(listed, list) else []):
+        try:
+            found.append((index, PartnerSettings.model_validate(raw)))
+        except ValidationError:
+            continue  # already reported by the whole configuration's validation
+    return found
+
+
 def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
     """Read, validate and resolve everything, or raise one ConfigError listing every problem.
 
@@ -370,6 +386,10 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
                 f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
             ).lstrip(".")
             problems.append(ConfigProblem(key, error["msg"]))
+        # One bad value must not hide the others: the partners' keys are still checked.
+        if need_credentials:
+            for index, partner in _partners_anyway(file_values):
+                _resolve_key(partner, index, problems)
         raise ConfigError(problems) from None
     if need_credentials and not settings.partners:
         problems.append(

@@ -9,10 +9,11 @@ end long after the scan covered their start, unseen, are the reconcile sweep's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from poller import metrics
 from poller.cursor import Cursor
+from poller.errors import CursorInFuture
 from poller.glance.client import COMPLETED_SESSIONS
 from poller.settings import CompletedStreamSettings, GlanceSettings
 from poller.streams.feed import Delivered
@@ -58,6 +59,7 @@ class CompletedStream:
         self._feed = scanner.feed
         self._open_sessions = open_sessions
         self._max_window = timedelta(seconds=glance.max_window)
+        self._tolerance = timedelta(seconds=glance.clock_tolerance)
         self._settings = settings
         self.partner_id = scanner.feed.partner_id
 
@@ -69,6 +71,7 @@ class CompletedStream:
         """Scan up to upstream's now (resuming an interrupted scan first), page budget allowing."""
         state = self._feed.state
         stored = state.cursor(self.partner_id, COMPLETED)
+        self._refuse_a_future(stored)
         # Ticks run at a fixed rate: the last answer's Date (whole seconds) can still be the
         # second this cursor ended on, and the tick would scan nothing; then ask again.
         later_than = stored.scanned_until if stored and not stored.in_window else None
@@ -108,6 +111,14 @@ class CompletedStream:
         lag = (now - cursor.scanned_until).total_seconds()
         metrics.CURSOR_LAG.labels(str(self.partner_id), COMPLETED).set(max(0.0, lag))
         return summary
+
+    def _refuse_a_future(self, stored: Cursor | None) -> None:
+        """No cursor is committed beyond the host's now plus the tolerance; one found there
+        (an older version, a hand-edited file) fails every tick, loudly, with the way out."""
+        future = stored is not None and stored.scanned_until > datetime.now(UTC) + self._tolerance
+        metrics.CURSOR_IN_FUTURE.labels(str(self.partner_id), COMPLETED).set(int(future))
+        if future and stored is not None:
+            raise CursorInFuture(self.partner_id, COMPLETED, stored.scanned_until.isoformat())
 
     def _look_back_to(self, cursor: Cursor, overlap: timedelta) -> datetime:
         """Where the next window starts: ``overlap`` before the cursor at most, and only as

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kafka"))
 from local_broker import BrokerFailed, LocalBroker
 
 PYTHON = sys.executable
+CLOCK_TRUSTED = "36500d"
 PARTNER_ID = 12345
 API_KEY = "it-api-key-5f2b9c"
 FROZEN_NOW = "2026-03-10T12:00:00Z"
@@ -157,7 +158,14 @@ class PollerRun:
 
     def config_file(self) -> Path:
         sections: dict[str, dict[str, Any]] = {
-            "glance": {"base_url": self.emulator_url, "page_size": 100, "request_timeout": "10s"},
+            "glance": {
+                "base_url": self.emulator_url,
+                "page_size": 100,
+                "request_timeout": "10s",
+                # The emulator's clock stands in 2026-03 whatever the host's date: its Date is
+                # trusted here (the tolerance's own tests set it small).
+                "clock_tolerance": CLOCK_TRUSTED,
+            },
             "kafka": {"bootstrap_servers": self.bootstrap, "linger_ms": 5},
             "topics": vars(self.topics),
             "completed": {"interval": "1s", "overlap": "5m", "start_lookback": "2h"},

@@ -206,12 +206,36 @@ def test_every_configuration_problem_at_once_before_any_connection(tmp_path: Pat
         line.strip() for line in result.stderr.splitlines() if line.strip().startswith("- ")
     ]
     keys = {line[2:].split(":", 1)[0] for line in problems}
-    assert keys == {"glance.base_url", "completed.interval", "kafka.bootstrap", "partners[0].id"}
-    # The unreadable key file is reported once the shape is valid (a second run, fixed shape).
-    config.write_text(f'[[partners]]\nid = 2\napi_key_file = "{tmp_path / "missing.key"}"\n')
-    result = run("run", "--config", str(config))
-    assert result.returncode == 2
-    assert "partners[0].api_key_file: cannot read" in result.stderr
+    # A bad value elsewhere does not hide the partner whose key file cannot be read.
+    assert keys == {
+        "glance.base_url",
+        "completed.interval",
+        "kafka.bootstrap",
+        "partners[0].id",
+        "partners[1].api_key_file",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("glance.max_window", '"99999999999999d"'),
+        ("reconcile.horizon", '"99999999999999d"'),
+        ("completed.start_lookback", "1e300"),
+        ("completed.overlap", '"400d"'),
+    ],
+)
+def test_durations_that_overflow_a_date_are_configuration_errors(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    section, name = key.split(".")
+    config = tmp_path / "poller.toml"
+    config.write_text(f"[{section}]\n{name} = {value}\n")
+    result = run("run", "--once", "--config", str(config), env={"GLANCE_PARTNER_ID": "1"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{key}:" in result.stderr and "Traceback" not in result.stderr
+    # The missing key is listed beside it.
+    assert "partners[0].api_key_env" in result.stderr
 
 
 def test_state_reset_to_moves_the_completed_cursor(tmp_path: Path) -> None:

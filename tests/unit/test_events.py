@@ -276,3 +276,26 @@ def test_any_json_shape_becomes_an_event_or_a_bad_record(raw: Any, user: Any) ->
     except BadRecord:
         return
     assert orjson.loads(event.value)["session"]["id"] == raw["id"]
+
+
+@pytest.mark.parametrize("mode", ["drop", "hash"])
+def test_dead_letters_follow_the_pii_policy(mode: str) -> None:
+    guest = {"name": "Jane Roe", "email": "jane@example.com", "phone": "555", "ip": "1.2.3.4"}
+    raw = raw_session(startTime="someday", guests=[dict(guest), "not a guest"])
+    policy = PiiPolicy(mode, "salt-123456") if mode == "hash" else PiiPolicy("drop")  # type: ignore[arg-type]
+    letter = builder(policy).dead_letter(SourceRecord("u", "p", raw), "bad", "Op")
+    published = orjson.loads(letter.value)
+    text = letter.value.decode()
+    for value in guest.values():
+        assert value not in text, f"{value} reached the dead-letter topic under {mode}"
+    assert published["guests"][1] == "not a guest"
+    if mode == "hash":
+        assert published["guests"][0]["email"].startswith("sha256:")
+    else:
+        assert "email" not in published["guests"][0]
+    assert raw["guests"][0] == guest, "the record itself is left as it was"
+
+
+def test_an_id_of_zero_is_a_dead_letter_not_an_event() -> None:
+    with pytest.raises(BadRecord, match="id"):
+        build(raw_session(id=0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -93,3 +94,109 @@ def test_values_too_short_to_be_credentials_are_left_alone() -> None:
     assert redactor.scrub("locked by another process: long-enough-secret") == (
         "locked by another process: [REDACTED]"
     )
+
+
+async def test_a_retry_after_of_zero_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("asyncio.sleep", _no_sleep)
+    settings = RetrySettings(initial_delay=5.0, max_delay=30.0, max_attempts=3)
+    failures: list[BaseException] = [RetriableUpstreamError("throttled", "429", retry_after=0)]
+    _, delays = await run_until_success(failures, settings)
+    assert delays == [0.0]
+
+
+async def test_until_mode_retries_past_max_attempts_with_backoff_and_stops_on_the_event() -> None:
+    stop = asyncio.Event()
+    settings = RetrySettings(initial_delay=0.001, max_delay=0.002, max_attempts=2)
+    delays: list[float] = []
+    attempts = 0
+    with pytest.raises(RetriableUpstreamError):
+        async for attempt in retrying(
+            settings, (RetriableUpstreamError,), lambda e, d, n: delays.append(d), until=stop
+        ):
+            with attempt:
+                attempts += 1
+                if attempts == 5:
+                    stop.set()
+                raise RetriableUpstreamError("fault", str(attempts))
+    assert attempts == 5, "beyond max_attempts until the event is set, then no more"
+    assert len(delays) == 4 and all(0 <= d <= 0.002 for d in delays)
+
+
+async def test_until_mode_cuts_a_long_backoff_short_when_the_event_is_set() -> None:
+    stop = asyncio.Event()
+    settings = RetrySettings(initial_delay=60.0, max_delay=60.0, max_attempts=2)
+    attempts = 0
+
+    async def go() -> None:
+        nonlocal attempts
+        async for attempt in retrying(settings, (RetriableUpstreamError,), until=stop):
+            with attempt:
+                attempts += 1
+                raise RetriableUpstreamError("fault", "x")
+
+    task = asyncio.create_task(go())
+    await asyncio.sleep(0.05)
+    stop.set()
+    with pytest.raises(RetriableUpstreamError):
+        await asyncio.wait_for(task, 2.0)
+    assert attempts in (1, 2)
+
+
+@pytest.mark.parametrize(
+    "secret", ['quote"and\\slash-key', "ünïcode-secret", "with space+plus&amp", "exactly"]
+)
+def test_every_printed_form_of_a_secret_is_redacted(secret: str) -> None:
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    redactor = logs.SecretRedactor([secret])
+    forms = [
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+        repr(secret.encode())[2:-1],
+        quote(secret, safe=""),
+        quote_plus(secret),
+        base64.b64encode(secret.encode()).decode(),
+    ]
+    for form in forms:
+        assert redactor.scrub(f"upstream said: {form}!") == "upstream said: [REDACTED]!", form
+    assert secret not in str(redactor.scrub(secret.encode()))
+    assert redactor.scrub({"k": [Path_like(secret)]}) == {"k": [logs.REDACTED]}
+
+
+class Path_like:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
+
+
+def test_a_secret_of_exactly_the_minimum_length_is_redacted_and_longest_first() -> None:
+    short = "a" * logs.MIN_SECRET
+    redactor = logs.SecretRedactor([short, "xx" + short + "yy"])
+    assert redactor.scrub("k=" + short) == "k=[REDACTED]"
+    assert redactor.scrub("k=xx" + short + "yy") == "k=[REDACTED]", "the longer one whole"
+
+
+def test_the_kafka_clients_lines_are_demoted_to_debug() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    logging.getLogger("aiokafka.cluster").error("Topic x not found in cluster metadata")
+    logging.getLogger("aiokafka.conn").warning("Unable connect to node with id 1")
+    assert out.getvalue() == ""
+    logs.configure("debug", "json", stream=out)
+    logging.getLogger("aiokafka.cluster").error("Topic x not found in cluster metadata")
+    (line,) = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    assert line["level"] == "debug"
+
+
+def test_the_library_rate_limit_does_not_leak_between_configurations() -> None:
+    for _ in range(2):
+        out = io.StringIO()
+        logs.configure("info", "json", stream=out)
+        logging.getLogger("aiohttp.client").error("the same library line")
+        assert "the same library line" in out.getvalue()

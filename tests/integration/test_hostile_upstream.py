@@ -1,0 +1,167 @@
+"""Upstream's answers are data, never instructions: redirects, sizes, dates and page tokens
+from a hostile service over real HTTP, with the daemon against the real broker."""
+
+from __future__ import annotations
+
+import resource
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from poller.state import StateStore
+from tests.integration.harness import PARTNER_ID, PollerRun, Topics, consume, log_events
+from tests.integration.hostile import (
+    HostileServer,
+    counts_or,
+    json_answer,
+    listing,
+    session,
+)
+
+LISTING = "PartnerCompletedSessions"
+
+
+def daemon(tmp_path: Path, url: str, bootstrap: str, **glance: Any) -> PollerRun:
+    run = PollerRun(tmp_path, url, bootstrap, Topics.unique())
+    run.settings = {
+        "glance": {"clock_tolerance": "5m", **glance},
+        "started": {"enabled": False},
+        "reconcile": {"enabled": False},
+        "counts": {"enabled": False},
+        "retry": {"max_attempts": 2, "initial_delay": "10ms", "max_delay": "20ms"},
+        "completed": {"start_lookback": "1h", "overlap": "0s"},
+    }
+    return run
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_never_followed_and_names_the_location(
+    tmp_path: Path, kafka_bootstrap: str, status: int
+) -> None:
+    elsewhere = HostileServer(lambda operation, params: json_answer(listing([])))
+    with elsewhere.running():
+        target = f"{elsewhere.url}/steal/PartnerSessionCounts"
+
+        def redirect(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+            return web.Response(status=status, headers={"Location": target})
+
+        with HostileServer(redirect).running() as upstream:
+            result = daemon(tmp_path, upstream.url, kafka_bootstrap).once()
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert target in output and "glance.base_url" in output
+    assert elsewhere.requests == [], "the API key went to another host"
+    assert "it-api-key" not in output
+
+
+def test_an_answer_beyond_the_cap_is_a_bad_answer_and_memory_stays_bounded(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    huge = b'{"d": {"nextId": 0, "users": [], "padding": "' + b"x" * (300 << 20) + b'"}}'
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(body=huge, content_type="application/json")
+
+    with HostileServer(counts_or(answer)).running() as upstream:
+        result = daemon(tmp_path, upstream.url, kafka_bootstrap).once()
+    assert result.returncode == 1, result.stdout + result.stderr
+    (failed,) = log_events(result.stdout, "tick failed; will retry next tick")
+    assert failed["error"].startswith("too_large")
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mib < 150, f"the daemon (or a child before it) peaked at {peak_mib:.0f} MiB"
+
+
+def test_more_records_than_asked_for_is_a_bad_answer(tmp_path: Path, kafka_bootstrap: str) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    many = [session(i, start) for i in range(1, 200)]
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        return json_answer(listing(many))
+
+    with HostileServer(counts_or(answer)).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap, page_size=50)
+        result = run.once()
+    assert result.returncode == 1
+    (failed,) = log_events(result.stdout, "tick failed; will retry next tick")
+    assert "more records than the 50 asked for" in failed["error"]
+    assert consume(kafka_bootstrap, run.topics.completed, idle=0.5) == []
+
+
+@pytest.mark.parametrize("token", [2**64, 2**70, -1, "12", 1.5])
+def test_a_page_token_the_state_cannot_hold_is_a_bad_answer_never_a_crash(
+    tmp_path: Path, kafka_bootstrap: str, token: Any
+) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=30)
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        body = listing([session(1, start)], next_id=token)
+        # orjson cannot write integers past 64 bits; a hostile upstream can.
+        import json
+
+        return web.Response(body=json.dumps(body), content_type="application/json")
+
+    with HostileServer(counts_or(answer)).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        result = run.once()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (failed,) = log_events(result.stdout, "tick failed; will retry next tick")
+    assert failed["error"].startswith("bad_shape: nextId is not an integer")
+    store = StateStore.open(run.state_path)
+    try:
+        cursor = store.cursor(PARTNER_ID, "completed")
+        assert cursor is not None and cursor.next_id == 0, "nothing past the bad page moved"
+    finally:
+        store.close()
+
+
+def test_a_date_from_the_future_is_bounded_by_the_host_clock(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=30)
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        future = datetime(2099, 1, 1, tzinfo=UTC)
+        if operation.startswith("PartnerSessionCounts"):
+            return json_answer({"d": []}, date=future)
+        return json_answer(listing([session(7, start)]), date=future)
+
+    with HostileServer(answer).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        result = run.once()
+        assert result.returncode == 0, result.stdout + result.stderr
+        warnings = log_events(
+            result.stdout,
+            "upstream's Date is too far from the host clock; "
+            "the host clock bounds it (check the host's and the service's "
+            "time, or glance.clock_tolerance)",
+        )
+        assert len(warnings) == 1, "said once"
+        (record,) = consume(kafka_bootstrap, run.topics.completed, expect=1)
+        assert record.key == b"7"
+        store = StateStore.open(run.state_path)
+        try:
+            cursor = store.cursor(PARTNER_ID, "completed")
+        finally:
+            store.close()
+        assert cursor is not None
+        assert cursor.scanned_until <= datetime.now(UTC) + timedelta(minutes=5)
+
+
+def test_a_stored_cursor_in_the_future_is_reported_loudly(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    from poller.cursor import Cursor
+
+    run = daemon(tmp_path, "http://127.0.0.1:9", kafka_bootstrap)
+    store = StateStore.open(run.state_path)
+    store.commit(PARTNER_ID, cursors={"completed": Cursor(datetime(2099, 1, 1, tzinfo=UTC))})
+    store.close()
+    result = run.once()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "cursor lies in the future" in output
+    assert f"state reset --partner {PARTNER_ID} --to" in output
