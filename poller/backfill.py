@@ -45,7 +45,7 @@ from poller.health import Health
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
-from poller.state import StateStore, parse_cli_date
+from poller.state import StateStore
 from poller.streams.feed import Delivered
 from poller.streams.names import COMPLETED
 from poller.streams.reconcile import total_count
@@ -54,70 +54,7 @@ from poller.window import Window, split_window
 from poller.wiring import wire_partner
 
 log = get_logger(__name__)
-STATE_SUFFIX = ".backfill.sqlite3"
 RESUME_HINT = "run the same command to resume"
-
-_DESCRIPTION = """\
-Replay the sessions that started in [--since, --until) into the live topics (completed
-events, and dead letters for bad records), with the event ids the daemon gives them, so
-consumers can drop the duplicates. Upstream is read in windows of at most 31 days.
-
-It is resumable: progress is committed after every page Kafka acknowledged, in a state file
-of its own (never the daemon's, so it can run beside a running daemon and never moves the
-live cursor). Ctrl-C or SIGTERM finishes the page in flight and stops with exit code 130 (143
-for SIGTERM); a second one abandons that page, to be sent again with the same ids. The same
-command then resumes where it stopped, and says "already complete" once the range is done.
-The ids it sent are kept in that file, so an overlapping range does not send them again: to
-replay a range once more, give it another --state file.
-
-The range must lie in the past (upstream's clock). Sessions still open when it runs are not
-listed upstream yet, so they are not replayed; a warning says how many.
-"""
-
-_EPILOG = """\
-dates: an ISO date (2026-01-31) or date and time (2026-01-31T06:00:00Z, with an offset
-such as +01:00 or without one). A date or time WITHOUT a zone is taken as UTC (a date as UTC
-midnight). The Activity Service itself would read a zone-less date as US Eastern time;
-glance-poller always sends it explicit UTC instants. Whole seconds only.
-"""
-
-
-def parse_instant(text: str) -> datetime:
-    """An ISO date or datetime as an aware UTC instant (no zone: UTC), whole seconds."""
-    try:
-        moment = parse_cli_date(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO date or date-time: {text!r} (e.g. 2026-01-31 or 2026-01-31T06:00:00Z)"
-        ) from None
-    if moment.microsecond:
-        raise argparse.ArgumentTypeError(f"whole seconds only: {text!r}")
-    return moment
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = _DESCRIPTION
-    parser.epilog = _EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    for flag, help_text in (
-        ("--since", "start of the range, inclusive (ISO date or date-time; no zone = UTC)"),
-        ("--until", "end of the range, exclusive (ISO date or date-time; no zone = UTC)"),
-    ):
-        parser.add_argument(flag, required=True, type=parse_instant, metavar="DATE", help=help_text)
-    parser.add_argument(
-        "--partner", type=int, metavar="ID", help="only this configured partner (default: all)"
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="count the pages and sessions of the range; produce nothing, write no state",
-    )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        metavar="PATH",
-        help=f"the backfill's own state file (default: state.path with {STATE_SUFFIX})",
-    )
 
 
 def cursor_stream(span: Window) -> str:
@@ -141,7 +78,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             )
         )
     live = config.settings.state.path
-    state_path: Path = args.state or live.with_suffix(STATE_SUFFIX)
+    state_path: Path = args.state or live.with_suffix(".backfill.sqlite3")
     if state_path.resolve() == live.resolve():
         problems.append(
             ConfigProblem(
@@ -209,52 +146,43 @@ class Backfill:
         if not settings.glance.verify_tls and settings.glance.base_url.startswith("https:"):
             log.warning("TLS certificate verification is OFF for the Glance Activity Service")
         rejected = False
-        with self._state() as state:
+        async with contextlib.AsyncExitStack() as stack:
+            state = stack.enter_context(self._state())
             publisher: Publisher = DiscardingPublisher()
             if self._state_path is not None:
                 publisher = KafkaPublisher(
-                    settings.kafka,
-                    settings.retry,
-                    stopping=self._stopping,
-                    health=Health(),
+                    settings.kafka, settings.retry, stopping=self._stopping, health=Health(),
                     retry_forever=False,
-                )
-            try:
-                connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))
-                async with aiohttp.ClientSession(connector=connector) as http:
-                    for partner in self._partners:
-                        if self._stopping.is_set():
-                            break
-                        scanner = wire_partner(
-                            http,
-                            settings,
-                            partner,
-                            publisher,
-                            state,
-                            self._stopping,
-                            started_enabled=False,
+                )  # fmt: skip
+            stack.push_async_callback(publisher.stop, settings.service.shutdown_timeout)
+            connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))
+            http = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+            for partner in self._partners:
+                if self._stopping.is_set():
+                    break
+                scanner = wire_partner(
+                    http, settings, partner, publisher, state, self._stopping,
+                    started_enabled=False,
+                )  # fmt: skip
+                with structlog.contextvars.bound_contextvars(partner=partner.id):
+                    try:
+                        await self._partner(scanner)
+                    except (AuthenticationFailed, UpstreamMisconfigured) as exc:
+                        log.error(str(exc))
+                        rejected = True
+                    except (RetriableUpstreamError, PublishFailed) as exc:
+                        what = (
+                            "the Glance Activity Service kept failing"
+                            if isinstance(exc, RetriableUpstreamError)
+                            else "Kafka did not acknowledge a page"
                         )
-                        with structlog.contextvars.bound_contextvars(partner=partner.id):
-                            try:
-                                await self._partner(scanner)
-                            except (AuthenticationFailed, UpstreamMisconfigured) as exc:
-                                log.error(str(exc))
-                                rejected = True
-                            except (RetriableUpstreamError, PublishFailed) as exc:
-                                what = (
-                                    "the Glance Activity Service kept failing"
-                                    if isinstance(exc, RetriableUpstreamError)
-                                    else "Kafka did not acknowledge a page"
-                                )
-                                log.error(
-                                    f"backfill stopped: {what}; what was acknowledged is "
-                                    f"kept, {RESUME_HINT}",
-                                    error=str(exc),
-                                    **self._range,
-                                )
-                                return EXIT_FAILURE
-            finally:
-                await publisher.stop(settings.service.shutdown_timeout)
+                        log.error(
+                            f"backfill stopped: {what}; what was acknowledged is kept, "
+                            f"{RESUME_HINT}",
+                            error=str(exc),
+                            **self._range,
+                        )
+                        return EXIT_FAILURE
         return EXIT_AUTH if rejected else EXIT_OK
 
     @contextlib.contextmanager

@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 
 from poller import logs
-from poller.backfill import add_arguments as backfill_arguments
 from poller.check import add_arguments as check_arguments
 from poller.cursor import Cursor
 from poller.emulator import cli as emulator_cli
@@ -22,6 +21,8 @@ from poller.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, Polle
 from poller.launch import StopRequested
 from poller.settings import Config, load_config
 from poller.state import StateStore, move_aside, parse_cli_date
+
+STATE_SUFFIX = ".backfill.sqlite3"
 
 log = logs.get_logger("poller.cli")
 STREAMS = ("completed", "started", "reconcile")
@@ -170,6 +171,71 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     config = _load(args, need_credentials=True)
     return backfill.run(args, config)
+
+
+# -- backfill's arguments ---------------------------------------------------------------
+
+_DESCRIPTION = """\
+Replay the sessions that started in [--since, --until) into the live topics (completed
+events, and dead letters for bad records), with the event ids the daemon gives them, so
+consumers can drop the duplicates. Upstream is read in windows of at most 31 days.
+
+It is resumable: progress is committed after every page Kafka acknowledged, in a state file
+of its own (never the daemon's, so it can run beside a running daemon and never moves the
+live cursor). Ctrl-C or SIGTERM finishes the page in flight and stops with exit code 130 (143
+for SIGTERM); a second one abandons that page, to be sent again with the same ids. The same
+command then resumes where it stopped, and says "already complete" once the range is done.
+The ids it sent are kept in that file, so an overlapping range does not send them again: to
+replay a range once more, give it another --state file.
+
+The range must lie in the past (upstream's clock). Sessions still open when it runs are not
+listed upstream yet, so they are not replayed; a warning says how many.
+"""
+
+_EPILOG = """\
+dates: an ISO date (2026-01-31) or date and time (2026-01-31T06:00:00Z, with an offset
+such as +01:00 or without one). A date or time WITHOUT a zone is taken as UTC (a date as UTC
+midnight). The Activity Service itself would read a zone-less date as US Eastern time;
+glance-poller always sends it explicit UTC instants. Whole seconds only.
+"""
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO date or datetime as an aware UTC instant (no zone: UTC), whole seconds."""
+    try:
+        moment = parse_cli_date(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO date or date-time: {text!r} (e.g. 2026-01-31 or 2026-01-31T06:00:00Z)"
+        ) from None
+    if moment.microsecond:
+        raise argparse.ArgumentTypeError(f"whole seconds only: {text!r}")
+    return moment
+
+
+def backfill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = _DESCRIPTION
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for flag, help_text in (
+        ("--since", "start of the range, inclusive (ISO date or date-time; no zone = UTC)"),
+        ("--until", "end of the range, exclusive (ISO date or date-time; no zone = UTC)"),
+    ):
+        parser.add_argument(flag, required=True, type=parse_instant, metavar="DATE", help=help_text)
+    parser.add_argument(
+        "--partner", type=int, metavar="ID", help="only this configured partner (default: all)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the pages and sessions of the range; produce nothing, write no state",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="PATH",
+        help=f"the backfill's own state file (default: state.path with {STATE_SUFFIX})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

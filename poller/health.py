@@ -60,7 +60,6 @@ class Health:
     def credentials_rejected(self, partner: int, reason: str = "credentials rejected") -> None:
         self._rejected[partner] = reason
 
-
     def broker_answered(self) -> None:
         self._broker_ok_at = time.monotonic()
         self._broker_failing = False
