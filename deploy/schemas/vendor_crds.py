@@ -62,7 +62,9 @@ def main(paths: list[str]) -> None:
         assert crd["kind"] == "CustomResourceDefinition", path
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
-            schema = replace_int_or_string(additional_properties(version["schema"]["openAPIV3Schema"]))
+            schema = replace_int_or_string(
+                additional_properties(version["schema"]["openAPIV3Schema"])
+            )
             target = OUT / group / f"{kind.lower()}_{version['name']}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(schema, indent=1) + "\n")
