@@ -498,11 +498,16 @@ def test_the_config_map_change_rolls_the_pod(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"partners": []}, "partners"),
-        ({"partners": [{"secretKey": "k"}]}, "partners[0].id"),
-        ({"partners": [{"id": 1}]}, "partners[0].secretKey"),
-        ({"apiKeys": {"existingSecret": ""}}, "apiKeys.existingSecret"),
+        ({"partners": []}, "/partners"),
+        ({"partners": [{"secretKey": "k"}]}, "'id'"),
+        ({"partners": [{"id": 1}]}, "'secretKey'"),
+        ({"apiKeys": {"existingSecret": ""}}, "/apiKeys/existingSecret"),
+        ({"server": {"port": 0}}, "/server/port"),
         ({"config": {"glance": {"tls": {"verify": True}}}}, "config.glance.tls"),
+        ({"config": {"partners": [{"id": 1}]}}, "/config"),
+        # Misspelt or made-up keys would otherwise be ignored without a word.
+        ({"serviceMonitor": {"enable": True}}, "'enable'"),
+        ({"replicaCount": 2}, "'replicaCount'"),
     ],
 )
 def test_values_the_daemon_cannot_run_with_are_refused(
