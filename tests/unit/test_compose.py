@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from jsonschema.validators import validator_for
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from poller.emulator.cli import add_arguments as add_emulator_arguments
 from poller.emulator.state import DEFAULT_PARTNERS
@@ -50,7 +50,6 @@ from poller.settings import (
     Config,
     PartnerSettings,
     Settings,
-    _PlainEnvironmentNames,
     load_config,
 )
 
@@ -65,6 +64,15 @@ KAFKA, EMULATOR, POLLER = "kafka", "emulator", "poller"
 LOOPBACK_REACHABLE = {"0.0.0.0", "::", "127.0.0.1", "localhost"}
 # The image sets these for the interpreter, not for glance-poller.
 INTERPRETER_VARIABLES = re.compile(r"^PYTHON[A-Z_]*$")
+# The plain environment names glance-poller reads besides POLLER_<SECTION>__<KEY> (README,
+# "Running it for real"; design.md section 7).
+PLAIN_NAMES = (
+    "GLANCE_BASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "POLLER_STATE_PATH",
+)
 # What the image has for a health check to run: python, but neither curl nor wget.
 IMAGE_PYTHON = {"python", "python3", "/usr/local/bin/python", "/usr/local/bin/python3"}
 
@@ -451,7 +459,7 @@ def container_config(
 
 
 def names_glance_poller_reads(config_file_values: dict[str, Any]) -> set[str]:
-    names = set(_PlainEnvironmentNames.NAMES) | {
+    names = set(PLAIN_NAMES) | {
         "GLANCE_PARTNER_ID",
         "GLANCE_API_KEY_FILE",
         "POLLER_CONFIG",
@@ -463,6 +471,29 @@ def names_glance_poller_reads(config_file_values: dict[str, Any]) -> set[str]:
         if isinstance(model, type) and issubclass(model, BaseModel):
             names |= {f"POLLER_{section}__{key}".upper() for key in model.model_fields}
     return names
+
+
+PLAIN_VALUES = {
+    "GLANCE_BASE_URL": "https://glance.example.net",
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka-9.example.net:9092",
+    "KAFKA_SASL_USERNAME": "user-for-the-test",
+    "KAFKA_SASL_PASSWORD": "password-for-the-test",
+    "POLLER_STATE_PATH": "/srv/test/state.sqlite3",
+}
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_each_plain_name_is_read_by_glance_poller(name: str) -> None:
+    # PLAIN_NAMES is what the checks below accept: each must really reach a setting.
+    with only_environment({name: PLAIN_VALUES[name]}, set()):
+        settings = load_config(None, need_credentials=False).settings
+    values = [
+        value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for section in settings.model_dump().values()
+        if isinstance(section, dict)
+        for value in section.values()
+    ]
+    assert PLAIN_VALUES[name] in values, f"{name} reaches no setting"
 
 
 # -- the Compose Specification -----------------------------------------------------------------
@@ -633,7 +664,7 @@ def test_poller_environment_names_are_read_by_glance_poller(
         unknown = sorted(names - known)
         assert not unknown, (
             f"{where} sets {unknown}, which glance-poller never reads (plain names: "
-            f"{sorted(_PlainEnvironmentNames.NAMES)}, GLANCE_PARTNER_ID, GLANCE_API_KEY(_FILE), "
+            f"{sorted(PLAIN_NAMES)}, GLANCE_PARTNER_ID, GLANCE_API_KEY(_FILE), "
             "a partner's api_key_env, or POLLER_<SECTION>__<KEY>)"
         )
 
