@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 JARS   := $(CURDIR)/tools/kafka/jars
 
-.PHONY: all install kafka-jars test unit integration lint format run bench clean
+.PHONY: all install kafka-jars deploy-tools test unit integration lint format run bench clean
 
 all: test
 
@@ -30,6 +30,24 @@ $(JARS)/.fetched: tools/kafka/pom.xml
 
 kafka-jars: $(JARS)/.fetched
 
+# What the deploy/ tests run (tests/unit/test_deploy.py, tests/unit/test_alert_rules.py): helm
+# and kubeconform built from their Go modules into .tools/bin (a few minutes, once; a stamp per
+# version makes later runs instant), promtool from Debian's prometheus package (as root).
+TOOLS              := $(CURDIR)/.tools
+HELM_VERSION       := v3.22.0
+KUBECONFORM_VERSION := v0.8.0
+
+$(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION):
+	command -v go >/dev/null || { echo "Go is required to build helm and kubeconform"; exit 1; }
+	mkdir -p $(TOOLS)/bin && echo '*' > $(TOOLS)/.gitignore
+	GOBIN=$(TOOLS)/bin go install $(if $(findstring helm,$@),helm.sh/helm/v3/cmd/helm@$(HELM_VERSION),github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION))
+	touch $@
+
+deploy-tools: $(TOOLS)/.helm-$(HELM_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION)
+	@command -v promtool >/dev/null || { \
+		command -v apt-get >/dev/null || { echo "promtool is required: install Prometheus's promtool"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -39,13 +57,13 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-unit: install
+unit: install deploy-tools
 	$(BIN)/pytest tests/unit
 
 integration: install kafka-jars
 	$(BIN)/pytest tests/integration
 
-test: lint kafka-jars
+test: lint kafka-jars deploy-tools
 	$(BIN)/pytest
 
 run: install kafka-jars

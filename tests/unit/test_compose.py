@@ -25,9 +25,11 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from jsonschema.validators import validator_for
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from poller.emulator.cli import add_arguments as add_emulator_arguments
 from poller.emulator.state import DEFAULT_PARTNERS
@@ -48,7 +50,6 @@ from poller.settings import (
     Config,
     PartnerSettings,
     Settings,
-    _PlainEnvironmentNames,
     load_config,
 )
 
@@ -63,6 +64,15 @@ KAFKA, EMULATOR, POLLER = "kafka", "emulator", "poller"
 LOOPBACK_REACHABLE = {"0.0.0.0", "::", "127.0.0.1", "localhost"}
 # The image sets these for the interpreter, not for glance-poller.
 INTERPRETER_VARIABLES = re.compile(r"^PYTHON[A-Z_]*$")
+# The plain environment names glance-poller reads besides POLLER_<SECTION>__<KEY> (README,
+# "Running it for real"; design.md section 7).
+PLAIN_NAMES = (
+    "GLANCE_BASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "POLLER_STATE_PATH",
+)
 # What the image has for a health check to run: python, but neither curl nor wget.
 IMAGE_PYTHON = {"python", "python3", "/usr/local/bin/python", "/usr/local/bin/python3"}
 
@@ -252,8 +262,48 @@ def compose_healthcheck(service: dict[str, Any]) -> tuple[bool, list[str] | None
     return True, list(test[1:])
 
 
-def urls_in(argv: list[str]) -> list[str]:
-    return re.findall(r"https?://[^\s'\"]+", " ".join(argv))
+# Put before a health check's Python one-liner: urlopen answers 200 and reports what it was asked.
+_RECORDING_URLOPEN = """\
+import sys, urllib.request
+class _Answer:
+    status = 200
+def _urlopen(url, *args, **kwargs):
+    print("ASKED", getattr(url, "full_url", url), file=sys.stderr)
+    return _Answer()
+urllib.request.urlopen = _urlopen
+"""
+
+
+def health_environment(values: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment less glance-poller's names, plus values (None: unset)."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
+    }
+    environment.update({name: value for name, value in values.items() if value is not None})
+    return environment
+
+
+def asked_url(argv: list[str], environment: dict[str, str | None]) -> str:
+    """The one URL a `python -c` health check asks, run in the given container environment."""
+    assert argv[0] in IMAGE_PYTHON and argv[1:2] == ["-c"] and len(argv) == 3, (
+        f"the image has no curl or wget; run the check as python -c '...': {argv}"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _RECORDING_URLOPEN + argv[2]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=health_environment(environment),
+    )
+    asked = [line.split(" ", 1)[1] for line in result.stderr.splitlines() if line[:6] == "ASKED "]
+    assert result.returncode == 0 and len(asked) == 1, (
+        f"the health check should ask one URL and pass on 200: exit {result.returncode}, "
+        f"asked {asked}: {result.stderr[-500:]}"
+    )
+    return asked[0]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -409,7 +459,7 @@ def container_config(
 
 
 def names_glance_poller_reads(config_file_values: dict[str, Any]) -> set[str]:
-    names = set(_PlainEnvironmentNames.NAMES) | {
+    names = set(PLAIN_NAMES) | {
         "GLANCE_PARTNER_ID",
         "GLANCE_API_KEY_FILE",
         "POLLER_CONFIG",
@@ -421,6 +471,29 @@ def names_glance_poller_reads(config_file_values: dict[str, Any]) -> set[str]:
         if isinstance(model, type) and issubclass(model, BaseModel):
             names |= {f"POLLER_{section}__{key}".upper() for key in model.model_fields}
     return names
+
+
+PLAIN_VALUES = {
+    "GLANCE_BASE_URL": "https://glance.example.net",
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka-9.example.net:9092",
+    "KAFKA_SASL_USERNAME": "user-for-the-test",
+    "KAFKA_SASL_PASSWORD": "password-for-the-test",
+    "POLLER_STATE_PATH": "/srv/test/state.sqlite3",
+}
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_each_plain_name_is_read_by_glance_poller(name: str) -> None:
+    # PLAIN_NAMES is what the checks below accept: each must really reach a setting.
+    with only_environment({name: PLAIN_VALUES[name]}, set()):
+        settings = load_config(None, need_credentials=False).settings
+    values = [
+        value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for section in settings.model_dump().values()
+        if isinstance(section, dict)
+        for value in section.values()
+    ]
+    assert PLAIN_VALUES[name] in values, f"{name} reaches no setting"
 
 
 # -- the Compose Specification -----------------------------------------------------------------
@@ -591,7 +664,7 @@ def test_poller_environment_names_are_read_by_glance_poller(
         unknown = sorted(names - known)
         assert not unknown, (
             f"{where} sets {unknown}, which glance-poller never reads (plain names: "
-            f"{sorted(_PlainEnvironmentNames.NAMES)}, GLANCE_PARTNER_ID, GLANCE_API_KEY(_FILE), "
+            f"{sorted(PLAIN_NAMES)}, GLANCE_PARTNER_ID, GLANCE_API_KEY(_FILE), "
             "a partner's api_key_env, or POLLER_<SECTION>__<KEY>)"
         )
 
@@ -675,7 +748,9 @@ def test_emulator_command_options_are_accepted(
 
 
 def test_image_healthcheck_asks_healthz_on_the_served_port(
-    final_stage: list[Instruction], container_config: Config
+    final_stage: list[Instruction],
+    container_config: Config,
+    poller_environment: dict[str, str | None],
 ) -> None:
     argv = image_healthcheck(final_stage)
     assert argv, "the Dockerfile has no HEALTHCHECK"
@@ -688,10 +763,8 @@ def test_image_healthcheck_asks_healthz_on_the_served_port(
         f"[server] host {server.host} is not reachable from inside the container on 127.0.0.1"
     )
     expected = f"http://127.0.0.1:{server.port}/healthz"
-    assert urls_in(argv) == [expected], f"the HEALTHCHECK should ask {expected}: {argv}"
-    assert argv[0] in IMAGE_PYTHON, (
-        f"the image has no curl or wget; run the check with python: {argv}"
-    )
+    asked = asked_url(argv, poller_environment)
+    assert asked == expected, f"the HEALTHCHECK asks {asked}, the daemon serves {expected}"
     exposed = {
         port.split("/")[0]
         for instruction in final_stage
@@ -705,12 +778,15 @@ def test_poller_keeps_the_image_healthcheck_and_publishes_its_port(
     services: dict[str, dict[str, Any]],
     final_stage: list[Instruction],
     container_config: Config,
+    poller_environment: dict[str, str | None],
 ) -> None:
     service = services[POLLER]
     argv = effective_healthcheck(service, final_stage)
     port = container_config.settings.server.port
-    assert argv and urls_in(argv) == [f"http://127.0.0.1:{port}/healthz"], (
-        f"the poller's health check should ask /healthz on port {port}: {argv}"
+    assert argv, "the poller has no health check"
+    asked = asked_url(argv, poller_environment)
+    assert asked == f"http://127.0.0.1:{port}/healthz", (
+        f"the poller's health check asks {asked}; the daemon serves /healthz on port {port}"
     )
     published = set()
     for entry in service.get("ports", []):
@@ -727,10 +803,8 @@ def test_emulator_healthcheck_asks_admin_health_on_its_port(
     argv = effective_healthcheck(services[EMULATOR], final_stage)
     expected = f"http://127.0.0.1:{emulator_args.port}/admin/health"
     assert argv, "the emulator has no health check (the image's asks /healthz, which it lacks)"
-    assert urls_in(argv) == [expected], f"the emulator's health check should ask {expected}: {argv}"
-    assert argv[0] in IMAGE_PYTHON, (
-        f"the image has no curl or wget; run the check with python: {argv}"
-    )
+    asked = asked_url(argv, {})
+    assert asked == expected, f"the emulator's health check asks {asked}, not {expected}"
 
 
 class _Endpoint(BaseHTTPRequestHandler):
@@ -754,8 +828,7 @@ def test_healthcheck_command_runs_and_follows_the_status(
 ) -> None:
     argv = effective_healthcheck(services[service_name], final_stage)
     assert argv and argv[0] in IMAGE_PYTHON, f"{service_name}: no python health check: {argv}"
-    (url,) = urls_in(argv)
-    target = urlsplit(url)
+    target = urlsplit(asked_url(argv, {}))
 
     class Endpoint(_Endpoint):
         paths: list[str] = []
@@ -763,11 +836,18 @@ def test_healthcheck_command_runs_and_follows_the_status(
     server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
+        # A port written in the command is moved to the test server's; a port read from the
+        # environment is given the test server's there.
         local = [arg.replace(target.netloc, f"127.0.0.1:{server.server_port}") for arg in argv]
+        environment = health_environment({"POLLER_SERVER__PORT": str(server.server_port)})
         for status, healthy in ((200, True), (503, False)):
             Endpoint.status = status
             result = subprocess.run(
-                [sys.executable, *local[1:]], capture_output=True, timeout=60, check=False
+                [sys.executable, *local[1:]],
+                capture_output=True,
+                timeout=60,
+                check=False,
+                env=environment,
             )
             assert (result.returncode == 0) == healthy, (
                 f"{service_name}: the health check exits {result.returncode} on HTTP {status}: "
@@ -832,6 +912,205 @@ def test_state_is_on_a_volume(
         if mount.kind == "volume" and mount.source and state.is_relative_to(mount.target)
     ]
     assert named, f"mount a named volume over {state.parent} so the poller's state survives"
+
+
+@pytest.mark.parametrize("port", [None, "9811"])
+def test_image_healthcheck_follows_the_port_the_environment_configures(
+    final_stage: list[Instruction], port: str | None
+) -> None:
+    # The check reads the variable the daemon reads its port from: they cannot disagree.
+    argv = image_healthcheck(final_stage)
+    assert argv, "the Dockerfile has no HEALTHCHECK"
+    environment = {**env_of_stage(final_stage), "POLLER_SERVER__PORT": port}
+    with only_environment(environment, set()):
+        served = load_config(None, need_credentials=False).settings.server.port
+    assert asked_url(argv, environment) == f"http://127.0.0.1:{served}/healthz"
+
+
+# -- the image starts from the environment alone -------------------------------------------------
+
+
+def test_image_starts_from_the_environment_alone(
+    final_stage: list[Instruction], image_cmd: list[str], tmp_path: Path
+) -> None:
+    assert image_cmd[:1] == ["run"], f"the image's CMD should run the daemon: {image_cmd}"
+    assert "--config" not in image_cmd, (
+        f"the image's CMD names a configuration file, which `docker run` would lack: {image_cmd}"
+    )
+    image_env = env_of_stage(final_stage)
+    assert "POLLER_CONFIG" not in image_env, "the image should need no configuration file"
+    # What `glance-poller run` reads first, given only the documented plain names.
+    environment: dict[str, str | None] = {
+        **image_env,
+        "GLANCE_PARTNER_ID": "12345",
+        "GLANCE_API_KEY": "a-real-looking-key",
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092",
+    }
+    with only_environment(environment, set()):
+        try:
+            config = load_config(None, need_credentials=True)
+        except ConfigError as exc:
+            pytest.fail(f"the image would exit with code 2 from its environment: {exc}")
+    assert [p.id for p in config.partners] == [12345]
+    assert config.settings.kafka.bootstrap_servers == "kafka-1:9092"
+    assert str(config.settings.state.path) == image_env["POLLER_STATE_PATH"]
+
+
+def test_image_is_pure_python(stages: list[list[Instruction]]) -> None:
+    text = " ".join(f"{i.keyword} {i.arguments}" for stage in stages for i in stage)
+    for word in ("cargo", "rustup", "rustc", "_fastpath", "native"):
+        assert word not in text, f"the Dockerfile still mentions {word!r}: no Rust build remains"
+
+
+# -- Kafka's data --------------------------------------------------------------------------------
+
+
+def test_kafka_keeps_its_log_on_a_named_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    # The poller's state records what Kafka acknowledged: `down` and `up` must keep both, or
+    # the state would claim events a fresh broker never had.
+    environment = compose_environment(services[KAFKA])
+    log_dirs = [PurePosixPath(d) for d in (environment.get("KAFKA_LOG_DIRS") or "").split(",") if d]
+    assert log_dirs, "set KAFKA_LOG_DIRS: the image's default is not the data volume"
+    named = [
+        PurePosixPath(mount.target)
+        for mount in mounts(services[KAFKA])
+        if mount.kind == "volume" and mount.source in (compose.get("volumes") or {})
+    ]
+    for log_dir in log_dirs:
+        assert any(log_dir.is_relative_to(volume) for volume in named), (
+            f"Kafka's log dir {log_dir} is on no named volume ({named})"
+        )
+
+
+# -- the poller's restarts -----------------------------------------------------------------------
+
+
+def interpolated(value: str) -> str:
+    """A compose file value as compose passes it on: $$ is a literal $."""
+    unescaped = re.findall(r"\$\{?\w*", value.replace("$$", ""))
+    assert not unescaped, (
+        f"compose would substitute {unescaped} from the host's environment: write $$ for $"
+    )
+    return value.replace("$$", "$")
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+@pytest.fixture(scope="module")
+def poller_argv(services: dict[str, dict[str, Any]], image_cmd: list[str]) -> list[str]:
+    """What the poller container executes: entrypoint and command, interpolated."""
+    service = services[POLLER]
+    if "entrypoint" in service:  # which resets the image's CMD
+        argv = as_list(service["entrypoint"]) + as_list(service.get("command"))
+    else:
+        argv = ["glance-poller", *command_of(service, image_cmd)]
+    return [interpolated(part) for part in argv]
+
+
+FAKE_GLANCE_POLLER = """\
+#!/bin/sh
+printf '%s\\n' "$*" > "$FAKE_DIR/args"
+echo "fake glance-poller: the reason it stops" >&2
+case "$FAKE_EXIT" in
+  killed) kill -KILL $$ ;;
+  term)
+    trap 'echo TERM > "$FAKE_DIR/signal"; exit 0' TERM
+    touch "$FAKE_DIR/started"
+    while :; do sleep 0.05; done ;;
+esac
+exit "$FAKE_EXIT"
+"""
+
+
+def restarts(policy: str, code: int) -> bool:
+    """Whether Docker restarts a container that exited with code, under a restart policy."""
+    if policy in ("always", "unless-stopped"):
+        return True
+    if policy.startswith("on-failure"):
+        return code != 0
+    assert policy == "no", f"unknown restart policy {policy!r}"
+    return False
+
+
+def run_poller(
+    argv: list[str], tmp_path: Path, behaviour: str
+) -> tuple[subprocess.Popen[str], Path]:
+    """The poller container's command with a fake glance-poller that behaves as asked."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "glance-poller"
+    fake.write_text(FAKE_GLANCE_POLLER)
+    fake.chmod(0o755)
+    environment = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "FAKE_DIR": str(tmp_path),
+        "FAKE_EXIT": behaviour,
+    }
+    process = subprocess.Popen(
+        argv, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return process, tmp_path
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "fatal"),
+    [("0", False), ("1", False), ("killed", False), ("2", True), ("3", True), ("4", True)],
+)
+def test_fatal_exits_stop_the_poller_and_transient_failures_restart_it(
+    services: dict[str, dict[str, Any]],
+    poller_argv: list[str],
+    tmp_path: Path,
+    behaviour: str,
+    fatal: bool,
+) -> None:
+    process, workdir = run_poller(poller_argv, tmp_path, behaviour)
+    _, stderr = process.communicate(timeout=30)
+    assert (workdir / "args").read_text().split()[:1] == ["run"], "glance-poller run was not run"
+    policy = str(services[POLLER].get("restart", "no"))
+    restarted = restarts(policy, process.returncode)
+    if fatal:
+        assert not restarted, (
+            f"exit {behaviour} is fatal (a restart fails the same way), but restart: {policy} "
+            f"restarts the container, which exits {process.returncode}"
+        )
+        assert "fake glance-poller: the reason it stops" in stderr, "the message is lost"
+        assert f"fatal code {behaviour}" in stderr, f"say which code stopped it: {stderr!r}"
+    elif behaviour == "0":
+        assert process.returncode == 0 and not restarted, "a clean stop should stay stopped"
+    else:
+        assert restarted, (
+            f"a transient failure ({behaviour}) should be restarted: the container exits "
+            f"{process.returncode} under restart: {policy}"
+        )
+
+
+def test_the_poller_container_passes_sigterm_on_and_stops_cleanly(
+    poller_argv: list[str], tmp_path: Path
+) -> None:
+    # `docker compose stop` signals the container's first process: the daemon must get it to
+    # finish its page and write its state.
+    process, workdir = run_poller(poller_argv, tmp_path, "term")
+    deadline = time.monotonic() + 20
+    while not (workdir / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (workdir / "started").exists(), "the fake daemon did not start"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=20)
+    assert (workdir / "signal").read_text().strip() == "TERM", "the daemon never got SIGTERM"
+    assert process.returncode == 0, f"a clean stop exits {process.returncode}"
+
+
+def test_compose_values_interpolate_as_written() -> None:
+    # The check poller_argv relies on.
+    assert interpolated('wait "$$child"; exit "$$code"') == 'wait "$child"; exit "$code"'
+    with pytest.raises(AssertionError, match="substitute"):
+        interpolated('wait "$child"')
 
 
 # -- the build context -------------------------------------------------------------------------
