@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 JARS   := $(CURDIR)/tools/kafka/jars
 
-.PHONY: all install kafka-jars deploy-tools test unit integration lint format run bench clean
+.PHONY: all install kafka-jars deploy-tools test unit integration lint format run bench clean mutate
 
 all: test
 
@@ -75,5 +75,13 @@ bench: install kafka-jars
 	$(BIN)/python -m compileall -q poller
 	$(BIN)/python bench/run.py
 
+# Mutation testing of the core against the unit tests ([tool.mutmut] in pyproject.toml); the
+# survivors, and why each cannot change behaviour, are in tests/MUTANTS.md.
+mutate: install
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results > .mutmut-results.txt || true
+	$(BIN)/python tools/mutation_score.py .mutmut-results.txt
+
 clean:
-	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache mutants .mutmut-results.txt

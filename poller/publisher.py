@@ -340,7 +340,7 @@ class KafkaPublisher:
         started = time.perf_counter()
         try:
             await self._queue(batches)
-        except KafkaError as exc:
+        except (KafkaError, PublishFailed) as exc:
             await self._failed(exc, batches)
         futures = [batch.future for batch in batches if batch.future is not None]
         metrics.UNACKED.inc(sum(len(batch.events) for batch in batches))
@@ -391,13 +391,15 @@ class KafkaPublisher:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("kafka is not acknowledging; retrying", error=f"{error!r}"[:300])
+            log.warning("kafka is not acknowledging; retrying", error=str(error or "no ack")[:300])
         if isinstance(error, STALE_PRODUCER):
             await self._replace_producer(type(error).__name__)
         elif now - self._failing_since > self._replace_after:
             self._failing_since = now
             await self._replace_producer("silent")
         self._health.broker_failed()
+        if isinstance(error, PublishFailed):
+            raise error
         reason = "timeout" if error is None else type(error).__name__
         metrics.PRODUCE_ERRORS.labels("timeout" if error is None else "send").inc()
         count = sum(len(batch.events) for batch in pending)

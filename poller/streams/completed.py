@@ -106,8 +106,10 @@ class CompletedStream:
             summary.delivered.add(outcome.delivered)
             cursor = outcome.cursor
         summary.scanned_until = cursor.scanned_until
-        if summary.windows and not summary.behind:
-            await self._fetch_departed(summary.windows[0].start, summary)
+        if not summary.behind:
+            # What this tick's scan read (or, without one, what the next will) is covered.
+            covered_from = summary.windows[0].start if summary.windows else cursor.scanned_until
+            await self._fetch_departed(covered_from, summary)
         lag = (now - cursor.scanned_until).total_seconds()
         metrics.CURSOR_LAG.labels(str(self.partner_id), COMPLETED).set(max(0.0, lag))
         return summary

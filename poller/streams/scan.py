@@ -4,15 +4,14 @@ Used by the live completed stream, the reconcile rescans, the departed-session f
 started stream's listings and backfill. The next page is fetched and built while the previous
 one awaits its acknowledgements; pages are committed strictly in order, each only after all of
 its own acknowledgements, with the cursor the ``Cursor`` value says comes after it. A stop
-asked for meanwhile abandons the fetch in flight (nothing of it was sent) and settles the page
-already handed to Kafka, so a kill re-sends at most two pages, with the same ids.
+asked for meanwhile finishes the page in flight and settles every page handed to Kafka; a kill
+re-sends at most the two pages in flight, with the same ids.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,7 +25,6 @@ from poller.streams.feed import Delivered, PartnerFeed, Sending
 from poller.window import Window
 
 log = get_logger(__name__)
-_STOPPED = object()
 OnPage = Callable[[SessionPage, Delivered, Cursor], None]
 
 
@@ -84,13 +82,12 @@ class Scanner:
 
         try:
             while outcome.pages != max_pages and not self.stopping.is_set():
-                page = await self._next_page(pages)
-                if page is _STOPPED:
-                    break
+                # A stop asked for meanwhile lets this page finish: fetched, published,
+                # acknowledged and committed (the service's deadline bounds it).
+                page = await anext(pages, None)
                 if page is None:
                     outcome.complete = True
                     break
-                assert isinstance(page, SessionPage)
                 outcome.pages += 1
                 outcome.served_at = page.served_at
                 after = (in_flight[2] if in_flight else cursor).after_page(page.next_token)
@@ -120,22 +117,6 @@ class Scanner:
         finally:
             await pages.aclose()
         return outcome
-
-    async def _next_page(self, pages: AsyncGenerator[SessionPage, None]) -> object:
-        """The next page, None at the end, or ``_STOPPED`` once a stop is asked for (the
-        fetch in flight is abandoned: nothing of that page was sent, so nothing is lost)."""
-        fetch = asyncio.ensure_future(anext(pages, None))
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetch
-            return _STOPPED
-        return fetch.result()
 
     async def listing(
         self, operation: str, stream: EventType, window: Window, on_page: OnPage | None = None
