@@ -162,10 +162,12 @@ def event_size(event: Event) -> int:
 
 @dataclass
 class _Batch:
-    """Events queued as one record batch; ``future`` is its delivery (None: not queued)."""
+    """Events queued as one record batch; ``future`` is its delivery (None: not queued) by
+    ``producer``."""
 
     events: list[Event]
     future: asyncio.Future[Any] | None = None
+    producer: AIOKafkaProducer | None = None
 
 
 class _KafkaPublication:
@@ -273,13 +275,18 @@ class KafkaPublisher:
     async def _queue(self, batches: list[_Batch]) -> None:
         """Queue the events of every batch without a live future; ``batches`` ends up holding
         what was queued, then (on failure) one batch of what was not."""
+        producer = await self._producer_now()
+        for batch in batches:
+            future = batch.future
+            if future is not None and not future.done() and batch.producer is not producer:
+                # Queued by a producer since replaced: it will never deliver; send again.
+                batch.future = None
         live = [batch for batch in batches if batch.future is not None]
         waiting = [event for batch in batches if batch.future is None for event in batch.events]
         if not waiting:
             return
         queued: list[_Batch] = []
         try:
-            producer = await self._producer_now()
             async with self._queue_order:
                 await self._send_batches(producer, waiting, queued)
         finally:
@@ -319,7 +326,7 @@ class KafkaPublisher:
                     raise AssertionError("an empty record batch refused an event")
                 batch.close()  # nothing more joins it: it goes out now instead of lingering
                 future = await producer.send_batch(batch, topic, partition=partition)
-                queued.append(_Batch(waiting[start:end], future))
+                queued.append(_Batch(waiting[start:end], future, producer))
                 start = end
 
     async def settle(self, batches: list[_Batch], refused: list[Refusal]) -> None:

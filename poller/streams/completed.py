@@ -77,11 +77,13 @@ class CompletedStream:
         later_than = stored.scanned_until if stored and not stored.in_window else None
         client = self._scanner.client
         now = (await client.server_now(later_than=later_than)).replace(microsecond=0)
+        first_start: dict[str, Cursor] = {}
         if stored is None:
-            # A first start: the feed begins here, and the sweep never reaches before it.
+            # A first start: the feed begins here, and the sweep never reaches before it (said
+            # with the first page's commit: nothing is written before an acknowledgement).
             origin = now - timedelta(seconds=self._settings.start_lookback)
             stored = Cursor(origin).begin(now, origin, self._max_window)
-            self._feed.commit(cursors={COMPLETED: stored, RECONCILE: Cursor(origin)})
+            first_start = {RECONCILE: Cursor(origin)}
         cursor = stored
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
@@ -101,6 +103,7 @@ class CompletedStream:
                 cursor,
                 COMPLETED,
                 max_pages=budget - summary.pages,
+                also=first_start,
             )
             summary.pages += outcome.pages
             summary.delivered.add(outcome.delivered)

@@ -11,7 +11,7 @@ re-sends at most the two pages in flight, with the same ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -57,10 +57,11 @@ class Scanner:
         *,
         max_pages: int | None = None,
         on_page: OnPage | None = None,
+        also: Mapping[str, Cursor] | None = None,
     ) -> ScanOutcome:
         """Page the cursor's window from its ``next_id`` until it ends, ``max_pages`` were
         read or a stop is asked for; each page's cursor is committed under ``cursor_name``
-        (None: only the ids are)."""
+        (None: only the ids are), with the cursors ``also`` beside it."""
         window = cursor.window
         if window is None:
             raise ValueError("the cursor is not in a window")
@@ -95,7 +96,7 @@ class Scanner:
                     page.records,
                     stream,
                     operation,
-                    {cursor_name: after} if cursor_name else None,
+                    {**(also or {}), cursor_name: after} if cursor_name else also,
                     window,
                     in_flight=in_flight[0] if in_flight else None,
                 )

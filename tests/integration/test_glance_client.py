@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from poller.errors import AuthenticationFailed, RetriableUpstreamError, UnknownOperation
-from poller.glance.client import COMPLETED_SESSIONS, GlanceClient, ServerClock
+from poller.glance.client import COMPLETED_SESSIONS, GlanceClient
 from poller.settings import GlanceSettings, Partner, RetrySettings
 from poller.window import Window
 from tests.integration.harness import API_KEY, CLOCK_TRUSTED, PARTNER_ID, Emulator

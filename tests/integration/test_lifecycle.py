@@ -90,7 +90,10 @@ def test_long_sessions_ending_out_of_order_each_arrive_once(
     assert ends[-1] - ends[0] > timedelta(hours=15), "the traffic should end over many hours"
     poller.settings["completed"] = {"start_lookback": "10m"}
     poller.settings["glance"] = {"page_size": 200}
-    output = []
+    # The feed begins before the traffic (a first start reads nothing before its lookback).
+    first = poller.once()
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    output = [first.stdout]
     hours = int((ends[-1] - T0).total_seconds() // 3600) + 2
     for _ in range(hours):
         emulator.advance(3600)
@@ -105,9 +108,9 @@ def test_long_sessions_ending_out_of_order_each_arrive_once(
     completed = consume(poller.bootstrap, poller.topics.completed, expect=2000)
     assert len(completed) == 2000, "no duplicates without crashes"
     sweeps = log_events("\n".join(output), "tick", stream="reconcile")
-    assert sum(s["late_completions"] for s in sweeps) > 500, (
-        "most long sessions are late completions"
-    )
+    # Each --once run is a new process, with no open listing before its own: every long
+    # session here is the sweep's (the daemon fetches them as they leave the listing).
+    assert sum(s["late_completions"] for s in sweeps) > 250
     for sweep in sweeps:
         # One call over the whole horizon, one per bucket only when it is short, one for
         # sessions leaving the horizon: never more.
@@ -125,6 +128,12 @@ def test_restarts_with_sigterm_and_sigkill_change_nothing(
     poller.settings["started"] = {"interval": "200ms"}
     poller.settings["glance"] = {"page_size": 50}
     daemon = poller.start()
+    # The feed begins before the traffic: its first scan, before the clock moves.
+    wait_until(
+        lambda: bool(log_events(poller.log_text(), "tick", stream="completed")),
+        timeout=60,
+        what="the first scan",
+    )
     kills = 0
     try:
         for hour in range(1, 24):
@@ -288,7 +297,8 @@ def test_a_session_longer_than_the_horizon_is_reported(
     )
     poller.settings["reconcile"] = {"horizon": "2h", "bucket": "1h"}
     poller.settings["completed"] = {"start_lookback": "10m"}
-    logs = []
+    # The feed begins before the session starts (nothing before the first start's lookback).
+    logs = [poller.once().stdout]
     for _ in range(5):
         emulator.advance(3600)
         result = poller.once()
