@@ -89,19 +89,33 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses of the sockets listening on ``port`` (from /proc/net/tcp{,6})."""
-    found = set()
+def _listening(pids: set[int]) -> dict[int, set[str]]:
+    """Port -> local addresses of the TCP sockets these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    found: dict[int, set[str]] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             address, hex_port = fields[1].rsplit(":", 1)
-            if int(hex_port, 16) == port and fields[3] == "0A":  # LISTEN
-                found.add(address)
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN, one of theirs
+                found.setdefault(int(hex_port, 16), set()).add(address)
     return found
 
 
-LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1, ::1
+# 127.0.0.1, ::1, and 127.0.0.1 mapped into IPv6 (how Java lists a socket bound to 127.0.0.1).
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
 class _Terminal:
@@ -183,10 +197,14 @@ def test_closing_the_terminal_stops_everything(terminal: _Terminal) -> None:
         port = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", screen)
         assert port is not None, screen
         deadline = time.monotonic() + 60
-        while not _listening_addresses(int(port.group(1))):
+        while int(port.group(1)) not in _listening(children):
             assert time.monotonic() < deadline, "the daemon's operator port never listened"
             time.sleep(0.2)
-        assert _listening_addresses(int(port.group(1))) <= LOOPBACK
+        # The daemon's operator port, the emulator and the broker: loopback only.
+        listening = _listening(children)
+        assert len(listening) >= 4, listening  # operator, emulator, broker, controller
+        for where, addresses in listening.items():
+            assert addresses <= LOOPBACK, (where, addresses)
 
         # The terminal goes away: its foreground process group gets SIGHUP, and every later
         # write to it fails.
