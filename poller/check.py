@@ -106,7 +106,9 @@ def _positive_seconds(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--create-topics", action="store_true", help="create missing topics")
+    # --offline contacts nothing, so it cannot create anything either.
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--create-topics", action="store_true", help="create missing topics")
     parser.add_argument(
         "--partitions",
         type=_positive_int,
@@ -129,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"limit of each step: upstream call, Kafka connection (default: {DEFAULT_TIMEOUT:g})",
     )
-    parser.add_argument(
+    mode.add_argument(
         "--offline",
         action="store_true",
         help="check the configuration only, contacting nothing: exit 0 if valid, 2 if not "

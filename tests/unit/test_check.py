@@ -96,7 +96,12 @@ def test_options_and_their_defaults() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--partitions", "0"], ["--replication-factor", "x"], ["--timeout", "0"]],
+    [
+        ["--partitions", "0"],
+        ["--replication-factor", "x"],
+        ["--timeout", "0"],
+        ["--offline", "--create-topics"],  # offline contacts nothing, so creates nothing
+    ],
 )
 def test_bad_option_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
