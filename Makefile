@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	@echo "installing glance-poller and its dependencies into $(VENV) ..."
+	@echo "installing glance-poller and its dependencies into $(VENV) (the first time takes a minute or two) ..."
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -23,6 +23,7 @@ install: $(VENV)/.installed
 $(JARS)/.fetched: tools/kafka/pom.xml
 	command -v java >/dev/null || { echo "Java 17+ is required for the local Kafka broker"; exit 1; }
 	command -v mvn >/dev/null || { echo "Maven is required to fetch the Kafka jars"; exit 1; }
+	@echo "fetching the Apache Kafka broker jars from Maven Central into tools/kafka/jars (once) ..."
 	rm -rf $(JARS)
 	mvn --quiet --batch-mode -f tools/kafka/pom.xml dependency:copy-dependencies \
 		-DoutputDirectory=$(JARS) -DincludeScope=runtime

@@ -6,6 +6,11 @@ that the four topics exist (or creates the missing ones with ``--create-topics``
 table of what passed and exits 0 only when everything did. Every step is bounded by
 ``--timeout``, so a silent broker or service cannot hang a deployment pipeline.
 
+A missing topic is a warning, not a failure, when the brokers create topics on first use
+(``auto.create.topics.enable``, asked of every broker): the daemon then works as it is. It
+fails when they do not, or when their setting cannot be read. ``--offline`` validates the
+configuration alone, contacting nothing: exit 0, or 2 with every problem listed by key.
+
 The table goes to stdout; logging is set to warnings on stderr, and aiokafka's own error
 lines (one per failed connection attempt) are captured and folded into the table instead.
 """
@@ -25,10 +30,12 @@ from typing import Any, Literal, TextIO
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from poller import logs
 from poller.errors import (
+    EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
     AuthenticationFailed,
@@ -47,11 +54,19 @@ from poller.settings import (
     load_config,
 )
 
-Result = Literal["ok", "created", "FAILED", "skipped"]
+Result = Literal["ok", "created", "warning", "FAILED", "skipped"]
 OK: Result = "ok"
 CREATED: Result = "created"
+# Worth knowing, but the daemon works as things are: does not fail the verdict.
+WARNING: Result = "warning"
 FAILED: Result = "FAILED"
 SKIPPED: Result = "skipped"
+
+AUTO_CREATE = "auto.create.topics.enable"
+# What an auto-created topic gets, said beside the warning.
+_BROKER_DEFAULTS = (AUTO_CREATE, "num.partitions", "default.replication.factor")
+# --create-topics' replication factor when none is given: min(this, number of brokers).
+MAX_DEFAULT_REPLICATION = 3
 
 DEFAULT_TIMEOUT = 10.0
 REJECTED = "rejected (wrong API key or unknown partner)"
@@ -91,7 +106,9 @@ def _positive_seconds(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--create-topics", action="store_true", help="create missing topics")
+    # --offline contacts nothing, so it cannot create anything either.
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--create-topics", action="store_true", help="create missing topics")
     parser.add_argument(
         "--partitions",
         type=_positive_int,
@@ -102,9 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replication-factor",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
-        help="replication factor of a topic created by --create-topics (default: 1)",
+        help="replication factor of a topic created by --create-topics "
+        f"(default: min({MAX_DEFAULT_REPLICATION}, number of brokers))",
     )
     parser.add_argument(
         "--timeout",
@@ -113,12 +131,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"limit of each step: upstream call, Kafka connection (default: {DEFAULT_TIMEOUT:g})",
     )
+    mode.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the configuration only, contacting nothing: exit 0 if valid, 2 if not "
+        "(every problem listed by key)",
+    )
+
+
+def default_replication(requested: int | None, brokers: int) -> int:
+    """The replication factor of a created topic: as asked, else min(3, number of brokers)."""
+    if requested is not None:
+        return requested
+    return max(1, min(MAX_DEFAULT_REPLICATION, brokers))
 
 
 def run(args: argparse.Namespace, config_path: Path | None) -> int:
     # Interactive tool: the table is the output; anything logged goes to stderr, warnings up.
     logs.configure("warning", "auto", stream=sys.stderr)
+    if args.offline:
+        return check_offline(config_path, sys.stdout)
     return asyncio.run(check(args, config_path, sys.stdout))
+
+
+def check_offline(config_path: Path | None, out: TextIO) -> int:
+    """The configuration alone: nothing is contacted. 0 when valid, 2 (listing every problem
+    by key) when not, as the daemon itself would exit."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        report([Row("config", FAILED, str(problem)) for problem in exc.problems], out)
+        return EXIT_CONFIG
+    rows = [Row("config", OK, _describe_config(config))]
+    skipped = "offline: not contacted"
+    rows += [Row(f"partner {p.id} credentials", SKIPPED, skipped) for p in config.partners]
+    rows.append(Row(f"kafka {config.settings.kafka.bootstrap_servers}", SKIPPED, skipped))
+    return report(rows, out)
 
 
 async def check(args: argparse.Namespace, config_path: Path | None, out: TextIO) -> int:
@@ -161,9 +209,11 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def verdict(rows: Sequence[Row]) -> str:
     failed = sum(row.failed for row in rows)
+    warned = sum(row.result == WARNING for row in rows)
     skipped = sum(row.result == SKIPPED for row in rows)
     text = "all checks passed" if failed == 0 else f"{failed} check(s) failed"
-    return text + (f" ({skipped} skipped)" if skipped else "")
+    notes = [f"{warned} warning(s)"] * bool(warned) + [f"{skipped} skipped"] * bool(skipped)
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _describe_config(config: Config) -> str:
@@ -291,13 +341,17 @@ async def _check_kafka(
             return unreachable(f"no answer within {timeout:g}s" + (f" ({why})" if why else ""))
         except Exception as exc:  # KafkaError mostly; any failure is reported, not raised
             return unreachable(kafka_log.reasons_since(mark) or f"{type(exc).__name__}: {exc}")
-        brokers = len(cluster.get("brokers") or ())
-        rows = [Row(name, OK, f"reachable, {brokers} broker(s)")]
+        node_ids = [int(b["node_id"]) for b in cluster.get("brokers") or ()]
+        rows = [Row(name, OK, f"reachable, {len(node_ids)} broker(s)")]
         existing = {t["topic"]: t for t in described if t.get("error_code") == 0}
         missing = [topic for topic in roles if topic not in existing]
         created: dict[str, Row] = {}
+        absent: tuple[Result, str] = (FAILED, "missing")  # asked of the brokers if one is
         if missing and args.create_topics:
-            created = await _create_topics(admin, missing, args, topic_check)
+            replication = default_replication(args.replication_factor, len(node_ids))
+            created = await _create_topics(admin, missing, args, replication, topic_check)
+        elif missing:
+            absent = await _missing_result(admin, node_ids, timeout)
         for topic in roles:
             if topic in existing:
                 partitions = len(existing[topic].get("partitions") or ())
@@ -305,27 +359,84 @@ async def _check_kafka(
             elif topic in created:
                 rows.append(created[topic])
             else:
-                rows.append(
-                    Row(
-                        topic_check(topic),
-                        FAILED,
-                        "missing: create it, or run with --create-topics",
-                    )
-                )
+                rows.append(Row(topic_check(topic), *absent))
         return rows
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.close(), timeout)
 
 
+async def broker_defaults(
+    admin: AIOKafkaAdminClient, node_ids: Sequence[int]
+) -> dict[int, dict[str, str] | str]:
+    """Every broker's auto-creation settings (``_BROKER_DEFAULTS``), or why they are unknown."""
+    wanted = dict.fromkeys(_BROKER_DEFAULTS)
+    resources = [ConfigResource(ConfigResourceType.BROKER, str(n), wanted) for n in node_ids]
+    found: dict[int, dict[str, str] | str] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object()["resources"]:
+            node = int(resource["resource_name"])
+            code = resource["error_code"]
+            if code:
+                error = for_code(code)
+                found[node] = error.__name__ + (
+                    f": {resource['error_message']}" if resource.get("error_message") else ""
+                )
+            else:
+                found[node] = {
+                    e["config_names"]: str(e["config_value"]) for e in resource["config_entries"]
+                }
+    for node in node_ids:
+        found.setdefault(node, "no answer for this broker")
+    return found
+
+
+def missing_topic_result(defaults: dict[int, dict[str, str] | str]) -> tuple[Result, str]:
+    """What a missing topic means, given every broker's settings: a warning when every broker
+    creates topics on first use (the daemon works), a failure when one does not or when that
+    cannot be told."""
+    fix = "create it, or run with --create-topics"
+    unknown = {n: why for n, why in defaults.items() if isinstance(why, str)}
+    known = {n: c for n, c in defaults.items() if not isinstance(c, str)}
+    off = sorted(n for n, c in known.items() if c.get(AUTO_CREATE, "").lower() != "true")
+    if off:
+        which = "the broker does" if len(defaults) == 1 else f"broker(s) {off} do"
+        return FAILED, f"missing and {which} not create topics ({AUTO_CREATE}=false): {fix}"
+    if unknown or not known:
+        why = "; ".join(f"broker {n}: {reason}" for n, reason in sorted(unknown.items()))
+        return FAILED, f"missing: {fix} (cannot tell whether brokers auto-create: {why})"
+    first = known[min(known)]
+    created_as = (
+        f"{first.get('num.partitions', '?')} partition(s), "
+        f"replication factor {first.get('default.replication.factor', '?')}"
+    )
+    return WARNING, (
+        f"missing: the broker creates it on first use ({AUTO_CREATE}=true, {created_as}); "
+        "--create-topics to choose"
+    )
+
+
+async def _missing_result(
+    admin: AIOKafkaAdminClient, node_ids: Sequence[int], limit: float
+) -> tuple[Result, str]:
+    try:
+        async with asyncio.timeout(limit):
+            defaults = await broker_defaults(admin, node_ids)
+    except TimeoutError:
+        defaults = dict.fromkeys(node_ids, f"no answer within {limit:g}s")
+    except Exception as exc:  # e.g. not authorised to describe configs: reported
+        defaults = dict.fromkeys(node_ids, f"{type(exc).__name__}: {exc}")
+    return missing_topic_result(defaults)
+
+
 async def _create_topics(
     admin: AIOKafkaAdminClient,
     missing: list[str],
     args: argparse.Namespace,
+    replication: int,
     topic_check: Callable[[str], str],
 ) -> dict[str, Row]:
     partitions: int = args.partitions
-    replication: int = args.replication_factor
     timeout: float = args.timeout
     new = [NewTopic(topic, partitions, replication) for topic in missing]
     try:

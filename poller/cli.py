@@ -152,6 +152,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
             as_json=args.json,
             partner=args.partner,
             max_events=args.max_events,
+            until_end=args.until_end,
         )
     )
 
@@ -276,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per event")
     tail.add_argument("--partner", type=int, help="only this partner's events")
     tail.add_argument("--max-events", type=int, help="stop after this many events")
+    tail.add_argument(
+        "--until-end",
+        action="store_true",
+        help="exit 0 once caught up: read up to the end offsets the partitions had at start",
+    )
     tail.set_defaults(handler=_cmd_tail)
 
     check = with_config(

@@ -238,22 +238,67 @@ def test_kafka_security_settings_are_used(
     assert "authentication" in detail.lower(), detail
 
 
-def test_missing_topic_fails_naming_it(poller: PollerRun, kafka_bootstrap: str) -> None:
+def test_missing_topic_is_a_warning_when_the_broker_auto_creates_it(
+    poller: PollerRun, kafka_bootstrap: str
+) -> None:
     first, _ = run_check(poller, "--create-topics")
     assert first.returncode == 0, first.stdout
     poller.topics = replace(poller.topics, dlq=Topics.unique().dlq)
 
     result, rows = run_check(poller)
 
-    assert result.returncode == 1
+    # The local broker runs with auto.create.topics.enable=true: the daemon works as it is.
+    assert result.returncode == 0, result.stdout
     assert rows[f"topic {poller.topics.dlq} (dlq)"] == (
-        "FAILED",
-        "missing: create it, or run with --create-topics",
+        "warning",
+        "missing: the broker creates it on first use (auto.create.topics.enable=true, "
+        "1 partition(s), replication factor 1); --create-topics to choose",
     )
     assert rows[f"topic {poller.topics.completed} (completed)"][0] == "ok"
-    assert verdict(result.stdout) == "1 check(s) failed"
+    assert verdict(result.stdout) == "all checks passed (1 warning(s))"
     # Checking never creates it (the broker auto-creates topics that a client names).
     assert partitions_of(kafka_bootstrap, [poller.topics.dlq]) == {}
+
+
+class _NoAutoCreateBroker(LocalBroker):
+    """A local broker that does not create topics on first use."""
+
+    def _write_properties(self) -> Path:
+        path = super()._write_properties()
+        text = path.read_text()
+        assert "auto.create.topics.enable=true\n" in text, "local_broker.py changed"
+        path.write_text(
+            text.replace("auto.create.topics.enable=true", "auto.create.topics.enable=false")
+        )
+        return path
+
+
+@pytest.fixture(scope="module")
+def strict_broker() -> Iterator[LocalBroker]:
+    with running(_NoAutoCreateBroker()) as broker:
+        yield broker
+
+
+def test_missing_topic_fails_when_the_broker_does_not_auto_create(
+    emulator: Emulator, tmp_path: Path, strict_broker: LocalBroker
+) -> None:
+    poller = PollerRun(tmp_path, emulator.url, strict_broker.bootstrap, Topics.unique())
+
+    result, rows = run_check(poller)
+
+    assert result.returncode == 1, result.stdout
+    for role, (outcome, detail) in topic_rows(rows, poller.topics).items():
+        assert (outcome, detail) == (
+            "FAILED",
+            "missing and the broker does not create topics (auto.create.topics.enable=false): "
+            "create it, or run with --create-topics",
+        ), role
+    assert verdict(result.stdout) == "4 check(s) failed"
+
+    created, rows = run_check(poller, "--create-topics")
+
+    assert created.returncode == 0, created.stdout
+    assert {r for r, _ in topic_rows(rows, poller.topics).values()} == {"created"}
 
 
 def test_invalid_config_is_reported_by_key_and_nothing_connects(
@@ -299,3 +344,76 @@ def test_missing_api_key_is_a_config_problem(emulator: Emulator, tmp_path: Path)
     assert result.returncode == 1
     assert [(c, o) for c, o, _ in table(result.stdout)] == [("config", "FAILED")]
     assert f"partners[0].api_key_env: partner {PARTNER_ID}" in result.stdout
+
+
+def _accepted_nothing(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        connection, _ = sock.accept()
+    except BlockingIOError:
+        return True
+    connection.close()
+    return False
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    """A listening socket nobody should connect to."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock
+
+
+def test_offline_checks_the_configuration_and_contacts_nothing(
+    tmp_path: Path, listening: socket.socket
+) -> None:
+    port = int(listening.getsockname()[1])
+    # A silent service and a silent broker: any attempt to reach either would hang till the
+    # timeout and leave a connection in the socket's backlog.
+    poller = PollerRun(tmp_path, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", Topics.unique())
+    started = time.monotonic()
+
+    result, rows = run_check(poller, "--offline", "--timeout", "20")
+
+    assert time.monotonic() - started < 15
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rows["config"][0] == "ok"
+    assert rows[f"partner {PARTNER_ID} credentials"] == ("skipped", "offline: not contacted")
+    assert rows[f"kafka 127.0.0.1:{port}"] == ("skipped", "offline: not contacted")
+    assert verdict(result.stdout) == "all checks passed (2 skipped)"
+    assert _accepted_nothing(listening)
+
+
+def test_offline_lists_every_problem_by_key_and_exits_2(
+    tmp_path: Path, listening: socket.socket
+) -> None:
+    port = int(listening.getsockname()[1])
+    poller = PollerRun(tmp_path, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", Topics.unique())
+    poller.settings = {"completed": {"interval": "soon"}, "mystery": {"x": 1}}
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poller",
+            "check",
+            "--offline",
+            "--config",
+            str(poller.config_file()),
+        ],
+        capture_output=True,
+        text=True,
+        env=poller._env(),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert {(check, outcome) for check, outcome, _ in rows} == {("config", "FAILED")}
+    details = [detail for _, _, detail in rows]
+    assert any(detail.startswith("completed.interval: ") for detail in details)
+    assert any(detail.startswith("mystery: ") for detail in details)
+    assert verdict(result.stdout) == f"{len(rows)} check(s) failed"
+    assert _accepted_nothing(listening)
