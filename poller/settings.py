@@ -357,6 +357,9 @@ def _check_kafka_security(kafka: KafkaSettings, problems: list[ConfigProblem]) -
             problems.append(ConfigProblem(f"kafka.{key}", f"no such file: {path}"))
 
 
+NO_PARTNER = "no partner configured: set GLANCE_PARTNER_ID or [[partners]]"
+
+
 def _partners_anyway(file_values: dict[str, Any]) -> list[tuple[int, PartnerSettings]]:
     """The partners that validate on their own, when the whole configuration did not."""
     listed: Any = file_values.get("partners")
@@ -388,15 +391,14 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
             problems.append(ConfigProblem(key, error["msg"]))
         # One bad value must not hide the others: the partners' keys are still checked.
         if need_credentials:
-            for index, partner in _partners_anyway(file_values):
+            partners = _partners_anyway(file_values)
+            for index, partner in partners:
                 _resolve_key(partner, index, problems)
+            if not partners and not any(p.key.startswith("partners") for p in problems):
+                problems.append(ConfigProblem("partners", NO_PARTNER))
         raise ConfigError(problems) from None
     if need_credentials and not settings.partners:
-        problems.append(
-            ConfigProblem(
-                "partners", "no partner configured: set GLANCE_PARTNER_ID or [[partners]]"
-            )
-        )
+        problems.append(ConfigProblem("partners", NO_PARTNER))
     seen: set[int] = set()
     partners: list[Partner] = []
     for index, partner in enumerate(settings.partners):

@@ -92,6 +92,7 @@ colour = "blue"
         "completed.interval",
         "completed.overlap",
         "kafka.colour",
+        "partners",
     }
     assert caught.value.exit_code == 2
 
@@ -156,3 +157,56 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+
+
+def test_duplicate_partner_ids_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K", "key-123456")
+    path = write(
+        tmp_path,
+        '[[partners]]\nid = 3\napi_key_env = "K"\n[[partners]]\nid = 3\napi_key_env = "K"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [p.key for p in caught.value.problems] == ["partners[1].id"]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[reconcile]\nbucket = "2d"\nhorizon = "1d"\n', "reconcile.bucket"),
+        (
+            '[reconcile]\nhorizon = "5m"\nbucket = "1m"\n[completed]\noverlap = "10m"\n',
+            "reconcile.horizon",
+        ),
+        ('[events]\npii = "hash"\n', "events.pii_salt"),
+        ('[glance]\nclock_tolerance = "0s"\n', "glance.clock_tolerance"),
+        ('[glance]\nmax_window = "32d"\n', "glance.max_window"),
+        ("[kafka]\nmax_request_size = 100\n", "kafka.max_request_size"),
+    ],
+)
+def test_cross_field_and_bounded_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, key: str
+) -> None:
+    monkeypatch.setenv("GLANCE_PARTNER_ID", "1")
+    monkeypatch.setenv("GLANCE_API_KEY", "key-123456")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert [p.key for p in caught.value.problems] == [key]
+
+
+def test_the_secrets_handed_to_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLANCE_PARTNER_ID", "1")
+    monkeypatch.setenv("GLANCE_API_KEY", "the-api-key")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "the-kafka-password")
+    monkeypatch.setenv("POLLER_EVENTS__PII_SALT", "the-pii-salt")
+    config = load_config(None)
+    assert sorted(config.secrets()) == ["the-api-key", "the-kafka-password", "the-pii-salt"]
+
+
+def test_a_bad_value_does_not_hide_a_missing_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[glance]\nbase_url = "nope"\n[[partners]]\nid = 4\napi_key_env = "NO_SUCH"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [p.key for p in caught.value.problems] == ["glance.base_url", "partners[0].api_key_env"]

@@ -187,3 +187,51 @@ def test_count_and_forget_by_start_time(tmp_path: Path) -> None:
         assert store.already_emitted(3, "started", range(11)) == {1, 2}
     finally:
         store.close()
+
+
+def test_reset_of_one_stream_keeps_the_partners_others(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    try:
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(5, NOW)])
+        commit_old_style(store, 1, "started", Cursor(NOW), [(5, NOW)])
+        assert store.reset(partner_id=1, stream="started") == 1
+        assert store.cursor(1, "started") is None
+        assert store.cursor(1, "completed") == Cursor(NOW)
+        assert store.already_emitted(1, "completed", [5]) == {5}
+        assert store.already_emitted(1, "started", [5]) == set()
+    finally:
+        store.close()
+
+
+def test_a_commit_that_fails_halfway_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    try:
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(1, NOW)])
+
+        class Unwritable(datetime):
+            def astimezone(self, tz: Any = None) -> datetime:
+                raise RuntimeError("the disk vanished")
+
+        broken = Unwritable(2026, 1, 2, 4, tzinfo=UTC)
+        with pytest.raises(RuntimeError):
+            store.commit(
+                1, emitted={"completed": [(2, NOW)]}, cursors={"completed": Cursor(broken)}
+            )
+        assert store.already_emitted(1, "completed", [1, 2]) == {1}, "the ids were committed"
+        assert store.cursor(1, "completed") == Cursor(NOW)
+    finally:
+        store.close()
+
+
+def test_a_file_whose_pages_are_damaged_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = StateStore.open(path)
+    commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in range(5000)])
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(3 * page, len(data) - page, page):
+        data[offset + 100 : offset + 200] = b"\xff" * 100  # inside b-tree pages, header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="damaged"):
+        StateStore.open(path)
