@@ -328,21 +328,31 @@ class EventBuilder:
 
     def refused(self, event: Event, reason: str, operation: str, limit: int) -> Event:
         """A dead letter for an event Kafka refused (too large, invalid): its headers say
-        why, whose and how large; its value is cut to fit under ``limit`` bytes (then no
-        longer JSON: ``dlq_truncated`` says so)."""
+        why, whose and how large; its value is JSON holding the start of the event's value,
+        cut so that the letter fits under ``limit`` bytes (``truncated`` says so)."""
+        size = len(event.value)
         headers: Headers = [
             ("dlq_reason", reason.encode()),
             ("dlq_partner_id", str(self.partner_id).encode()),
             ("dlq_operation", operation.encode()),
             ("dlq_session_id", str(event.session_id).encode()),
             ("dlq_event_type", dict(event.headers).get("ce_type", b"")),
-            ("dlq_size", str(len(event.value)).encode()),
+            ("dlq_size", str(size).encode()),
             ("content-type", b"application/json"),
         ]
-        value = event.value
-        room = max(limit // 2, limit - 4096)  # headers, key and the batch's own overhead
-        if len(value) > room:
-            value = value[:room]
+        # Escaping can double the text (quotes, backslashes): half the room is always enough.
+        room = max(0, limit - 4096) // 2
+        truncated = size > room
+        value = orjson.dumps(
+            {
+                "partnerId": self.partner_id,
+                "sessionId": event.session_id,
+                "size": size,
+                "truncated": truncated,
+                "value": event.value[:room].decode("utf-8", "ignore"),
+            }
+        )
+        if truncated:
             headers.append(("dlq_truncated", b"true"))
         return Event(
             self._topics.dlq, event.key, value, headers, event.session_id, event.start_time

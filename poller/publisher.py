@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import Sequence
@@ -82,6 +83,22 @@ FORBIDDEN = (
 # What a record batch adds around its records, and a record around its key and value.
 _BATCH_OVERHEAD = 61
 _RECORD_OVERHEAD = 21
+
+
+class _RefusedCredentials(logging.Handler):
+    """aiokafka reports a refused SASL login only as the error it logs before giving up
+    ("Unable to bootstrap"): the error itself is the log record's argument, so it is read
+    from there, by type, where the client says it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.refusal: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, FORBIDDEN):
+                self.refusal = arg
 
 
 @dataclass(frozen=True)
@@ -222,6 +239,8 @@ class KafkaPublisher:
         self._queue_order = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
         self._failing_since: float | None = None
+        self._credentials = _RefusedCredentials()
+        logging.getLogger("aiokafka").addHandler(self._credentials)
         self.max_event_bytes = settings.max_request_size - _BATCH_OVERHEAD
 
     async def send(self, events: Sequence[Event]) -> Publication:
@@ -246,13 +265,14 @@ class KafkaPublisher:
             if self._producer is not None:
                 return self._producer
             producer = AIOKafkaProducer(**producer_options(self._settings))
+            self._credentials.refusal = None
             try:
                 await producer.start()
-            except FORBIDDEN as exc:
-                await producer.stop()
-                raise KafkaAuthFailed(f"{type(exc).__name__}: {exc}") from None
             except KafkaError as exc:
                 await producer.stop()
+                refusal = exc if isinstance(exc, FORBIDDEN) else self._credentials.refusal
+                if refusal is not None:
+                    raise KafkaAuthFailed(f"{type(refusal).__name__}: {refusal}") from None
                 raise PublishFailed("unavailable", f"cannot reach Kafka: {exc}") from None
             self._producer = producer
             return producer
@@ -431,6 +451,7 @@ class KafkaPublisher:
         return True
 
     async def stop(self, grace_seconds: float) -> None:
+        logging.getLogger("aiokafka").removeHandler(self._credentials)
         producer, self._producer = self._producer, None
         if producer is None:
             return

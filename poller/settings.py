@@ -391,10 +391,10 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
             problems.append(ConfigProblem(key, error["msg"]))
         # One bad value must not hide the others: the partners' keys are still checked.
         if need_credentials:
-            partners = _partners_anyway(file_values)
-            for index, partner in partners:
-                _resolve_key(partner, index, problems)
-            if not partners and not any(p.key.startswith("partners") for p in problems):
+            found = _partners_anyway(file_values)
+            for index, listed in found:
+                _resolve_key(listed, index, problems)
+            if not found and not any(p.key.startswith("partners") for p in problems):
                 problems.append(ConfigProblem("partners", NO_PARTNER))
         raise ConfigError(problems) from None
     if need_credentials and not settings.partners:

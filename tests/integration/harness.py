@@ -190,6 +190,10 @@ class PollerRun:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def environment(self) -> dict[str, str]:
+        """The daemon's environment: the keys, no stray POLLER_/GLANCE_/KAFKA_ settings."""
+        return self._env()
+
     def _env(self) -> dict[str, str]:
         env = {
             k: v

@@ -381,7 +381,11 @@ def test_twenty_sigkills_while_ten_thousand_sessions_flow(
         else:
             assert next_id == (upstream[emitted] if emitted < total else None), at_kill
     assert at_kill[-1][0] < total, "the scan finished before the last kill; the test proves less"
-    in_flight = Counter(emitted // page_size for emitted, _ in at_kill)
+    # Pipelined: the page after the last committed one awaits its acknowledgements while the
+    # next is already sent; both are in flight at a kill.
+    in_flight = Counter(
+        page for emitted, _ in at_kill for page in (emitted // page_size, emitted // page_size + 1)
+    )
 
     emulator.admin("DELETE", "/admin/faults")
     if proxy is not None:
@@ -402,8 +406,8 @@ def test_twenty_sigkills_while_ten_thousand_sessions_flow(
             for session_id, found in copies.items():
                 assert found[0].value == expected_value(listing[session_id]), session_id
         duplicated = {i: len(c) - 1 for i, c in copies.items() if len(c) > 1}
-        # The weak bound: each kill re-emits at most the page it interrupted.
-        assert sum(duplicated.values()) <= kills * page_size, topic
+        # The weak bound: each kill re-emits at most the two pages it interrupted.
+        assert sum(duplicated.values()) <= 2 * kills * page_size, topic
         # The strong one (it holds: same window, same paging after every restart, checked
         # above): duplicates come only from the page in flight at a kill, and a page has at
         # most one extra copy per kill that interrupted it.
