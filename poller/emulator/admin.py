@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from poller.emulator.behaviour import BehaviourError
 from poller.emulator.dataset import DatasetError, load_dataset
 from poller.emulator.dates import (
     DateFormatError,
@@ -105,6 +106,10 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         ("GET", "/admin/stats", admin.get_stats),
         ("POST", "/admin/stats/reset", admin.reset_stats),
         ("POST", "/admin/reset", admin.reset),
+        ("GET", "/admin/service", admin.get_service),
+        ("POST", "/admin/service", admin.set_service),
+        ("GET", "/admin/live", admin.get_live),
+        ("POST", "/admin/live", admin.set_live),
         ("GET", "/admin/partners", admin.get_partners),
         ("POST", "/admin/partners", admin.add_partner),
     ]
@@ -355,11 +360,44 @@ class AdminApi:
         return admin_response(self.state.faults.describe())
 
     async def get_stats(self, _request: web.Request) -> web.Response:
-        return admin_response(self.state.stats.snapshot())
+        return admin_response(self._stats())
 
     async def reset_stats(self, _request: web.Request) -> web.Response:
         self.state.stats.reset()
-        return admin_response(self.state.stats.snapshot())
+        self.state.behaviour.reset_load()
+        return admin_response(self._stats())
+
+    def _stats(self) -> dict[str, Any]:
+        """``{"calls": {operation: {outcome or kind: n}}, "partners": {id: {"calls",
+        "admitted", "throttled", "inFlight", "peakConcurrent"}}}``."""
+        return {**self.state.stats.snapshot(), "partners": self.state.behaviour.load_snapshot()}
+
+    # -- service behaviour (latency, concurrency limit) and live traffic -----------------------
+
+    async def get_service(self, _request: web.Request) -> web.Response:
+        return admin_response(self.state.behaviour.to_json())
+
+    async def set_service(self, request: web.Request) -> web.Response:
+        """``{"latency"?, "latencyPerRecord"?, "maxConcurrent"?, "throttle503Share"?,
+        "retryAfter"?, "seed"?}``: durations in seconds or as text ("400ms")."""
+        body = await _object_body(request)
+        try:
+            self.state.behaviour.update(body)
+        except BehaviourError as exc:
+            raise AdminError(400, str(exc)) from exc
+        return admin_response(self.state.behaviour.to_json())
+
+    async def get_live(self, _request: web.Request) -> web.Response:
+        return admin_response({"rate": self.state.live_rate})
+
+    async def set_live(self, request: web.Request) -> web.Response:
+        """``{"rate": sessions per minute of emulated time, per partner}`` (0 stops it)."""
+        body = await _object_body(request)
+        rate = _number(body, "rate")
+        if not math.isfinite(rate) or rate < 0:
+            raise AdminError(400, "rate must be a number >= 0")
+        self.state.set_live_rate(rate)
+        return admin_response({"rate": self.state.live_rate})
 
     async def reset(self, _request: web.Request) -> web.Response:
         self.state.reset()
