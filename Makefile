@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 JARS   := $(CURDIR)/tools/kafka/jars
 
-.PHONY: all install kafka-jars test unit integration lint format run bench clean
+.PHONY: all install kafka-jars test unit integration lint format run bench soak clean
 
 all: test
 
@@ -61,6 +61,13 @@ run: install kafka-jars
 bench: install kafka-jars
 	$(BIN)/python -m compileall -q poller
 	$(BIN)/python bench/run.py
+
+# The chaos soak (tools/soak.py): SOAK_MINUTES of chaos (default 10), then the catch-up and the
+# comparison; SOAK_SEED makes the plan reproducible (default: random, printed).
+SOAK_MINUTES ?= 10
+SOAK_SEED ?=
+soak: install kafka-jars
+	$(BIN)/python tools/soak.py --minutes $(SOAK_MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:
 	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache native/target poller/_fastpath.*.so
