@@ -182,14 +182,12 @@ class ClockLog:
             stop = self.segments[index + 1].host if index + 1 < len(self.segments) else until
             at_stop = segment.emu + (stop - segment.host) * segment.speed
             if segment.emu >= end:
-                reached: float | None = segment.host
-            elif at_stop >= end and segment.speed > 0:
-                reached = segment.host + (end - segment.emu) / segment.speed
+                reached = segment.host
             else:
-                reached = None
-            if reached is None:
-                since = None
-                continue
+                since = None  # hidden at the start of this segment (if ever it was shown)
+                if not (at_stop >= end and segment.speed > 0):
+                    continue
+                reached = segment.host + (end - segment.emu) / segment.speed
             if first is None:
                 first = reached
             if since is None:
