@@ -295,8 +295,10 @@ class Daemon:
         self.env[API_KEY_ENV] = API_KEY
         self.process: subprocess.Popen[bytes] | None = None
         self.starts: list[float] = []
+        self.log_offset = 0
 
     def start(self) -> None:
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [PYTHON, "-m", "poller", "run", "--config", str(self.config)],
@@ -332,6 +334,14 @@ class Daemon:
             process.kill()
             process.wait()
             return DaemonExit(None, time.monotonic() - started, True)
+
+    def ready(self) -> bool:
+        """Whether the process now running has logged its start line."""
+        if self.process is None or not self.log_path.exists():
+            return False
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return b'"glance-poller started"' in log.read()
 
     def metrics_port(self) -> int | None:
         port = None
@@ -508,6 +518,7 @@ class Counts:
     daemon_terms: int = 0
     daemon_crashes: int = 0
     sigterm_unclean: int = 0
+    sigterm_before_start: int = 0
     clock_moves: int = 0
     fault_switches: int = 0
     throttle_switches: int = 0
@@ -654,7 +665,8 @@ class Soak:
     def run_chaos(self) -> None:
         assert self.daemon is not None
         chaos_seconds = self.args.minutes * 60
-        deadline = self.t0 + chaos_seconds
+        chaos_start = time.time()
+        deadline = chaos_start + chaos_seconds
         # Planted records at seeded moments in the first 60% of the run.
         without = self.args.without
         plants: list[tuple[float, Callable[[], None]]] = [
@@ -679,10 +691,10 @@ class Soak:
         plants.sort(key=lambda plant: plant[0])
         names = list(ACTIONS)
         weights = [ACTIONS[name] for name in names]
-        next_action = self.rng.uniform(5, 10) + self.t0
+        next_action = self.rng.uniform(5, 10) + chaos_start
         while time.time() < deadline:
             self.check_daemon()
-            elapsed = time.time() - self.t0
+            elapsed = time.time() - chaos_start
             while plants and plants[0][0] <= elapsed:
                 plants.pop(0)[1]()
             if time.time() >= next_action:
@@ -758,12 +770,21 @@ class Soak:
     def chaos_daemon_term(self) -> None:
         assert self.daemon is not None
         pause = self.rng.uniform(0, 3)
+        ready = self.daemon.ready()
         result = self.daemon.term(SHUTDOWN_TIMEOUT_S + 10)
         self.counts.daemon_terms += 1
         self.note(
-            "daemon_sigterm", code=result.code, took_s=round(result.seconds, 1), hung=result.hung
+            "daemon_sigterm",
+            code=result.code,
+            took_s=round(result.seconds, 1),
+            hung=result.hung,
+            ready=ready,
         )
-        if result.hung or result.code != 0:
+        if not ready and result.code == -signal.SIGTERM:
+            # Killed by the signal before it had logged its start: nothing was running yet
+            # (Python's default action, before the daemon's handlers are installed).
+            self.counts.sigterm_before_start += 1
+        elif result.hung or result.code != 0:
             self.counts.sigterm_unclean += 1
             self.problems.append(
                 f"SIGTERM at t+{time.time() - self.t0:.0f}s: exit code {result.code}"
@@ -973,8 +994,10 @@ class Soak:
         first_start = self.clock.emu_at(self.daemon.starts[0])
         delays: list[tuple[float, int]] = []
         details: dict[int, dict[str, Any]] = {}
-        for session_id, view in {**expected, **expected_dead}.items():
-            found = completed.get(session_id) or dead.get(session_id)
+        # Dead letters are left out: a bad record is also dead-lettered when the open-sessions
+        # listing shows it, before it ends.
+        for session_id, view in expected.items():
+            found = completed.get(session_id)
             end = parse_instant(view["endTime"])
             if not found or end < first_start:
                 continue
@@ -1141,6 +1164,7 @@ def verdict_line(result: dict[str, Any]) -> str:
         "daemon_terms": counts["daemon_terms"],
         "daemon_crashes": counts["daemon_crashes"],
         "sigterm_unclean": counts["sigterm_unclean"],
+        "sigterm_before_start": counts["sigterm_before_start"],
         "clock_moves": counts["clock_moves"],
         "fault_switches": counts["fault_switches"],
         "throttle_switches": counts["throttle_switches"],
