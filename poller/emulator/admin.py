@@ -3,6 +3,35 @@
 JSON in, JSON out, no authentication (the emulator listens on loopback). Errors are
 ``{"error": message}`` with 400 (bad request), 404 (no such partner or session) or 409 (the
 session is not in a state that allows it).
+
+=====================================  ==========================================================
+``GET /admin/health``                  ``{"ok": true}``
+``GET|POST /admin/clock``              ``{"set"?: iso, "advance"?: s, "speed"?: x}`` ->
+                                       ``{"now", "speed"}``
+``GET /admin/sessions``                ``?partnerId&state=all|ended|active&fromId&limit&records``
+                                       -> ``{"now", "sessions": [{"partnerId", "userName",
+                                       "partnerUserId", "id", "type", "status", "startTime",
+                                       "endTime", "started", "ended", "record"?}]}``
+``POST /admin/sessions``               ``{"partnerId", "sessions": [...]}`` -> ``{"ids"}``
+``POST /admin/sessions/{id}/end``      ``{"status"?}`` -> the session
+``POST /admin/dataset``                a data set -> ``{"loaded"}``
+``POST /admin/traffic``                ``{"partnerId", "count", ...}`` -> ``{"created", ...}``
+``GET|POST|DELETE /admin/faults``      ``{"calls"?: [fault], "rate"?: {"p", "kinds"?, "seed"?,
+                                       "operation"?, "params"?} | null}`` -> ``{"calls",
+                                       "rate"}`` (``faults.FaultSpec.from_json``: the kinds and
+                                       their fields)
+``GET|POST /admin/service``            ``{"latency"?, "latencyPerRecord"?, "maxConcurrent"?,
+                                       "throttle503Share"?, "retryAfter"?, "seed"?}`` (seconds or
+                                       text such as ``"400ms"``) -> the same keys, in seconds
+``GET|POST /admin/live``               ``{"rate": per minute}`` (0 stops live traffic) ->
+                                       ``{"rate"}``
+``GET /admin/stats``                   ``{"calls": {operation: {label: n}}, "partners": {id:
+                                       {"calls", "admitted", "throttled", "inFlight",
+                                       "peakConcurrent"}}}``
+``POST /admin/stats/reset``            the same, emptied
+``POST /admin/reset``                  forget sessions, faults and counters
+``GET|POST /admin/partners``           ``{"partnerId", "apiKey"}`` -> ``{"partners"}``
+=====================================  ==========================================================
 """
 
 from __future__ import annotations
