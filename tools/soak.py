@@ -35,8 +35,10 @@ admin listing:
   last became visible).
 
 The last line printed is the verdict; the exit status is 0 for PASS, 1 for FAIL (anything lost,
-a session under two ``ce_id`` values, a dead letter missing, the daemon crashing on its own, or a
-SIGTERM not ending it cleanly) and 2 when the soak itself could not run.
+a session under two ``ce_id`` values, a dead letter missing, the daemon crashing on its own, a
+SIGTERM not ending it cleanly, or, with ``--max-delay``, a delivery later than that) and 2 when
+the soak itself could not run. ``--without`` leaves parts of the chaos out (the plan of the
+seed is otherwise the same), to find what a failure needs.
 """
 
 from __future__ import annotations
@@ -1035,6 +1037,12 @@ class Soak:
             self.problems.append(f"{len(dead_missing)} dead letters missing: {dead_missing}")
         if bad_on_completed:
             self.problems.append(f"bad records on the completed topic: {bad_on_completed}")
+        if self.args.max_delay and worst[0] > self.args.max_delay:
+            late = sum(1 for d, _ in delays if d > self.args.max_delay)
+            self.problems.append(
+                f"{late} sessions delivered later than --max-delay {self.args.max_delay:g}s "
+                f"(worst {worst[0]:.1f}s, session {worst[1]})"
+            )
         passed = not self.problems
         topics_count = Counter(r.topic for r in records)
         return {
@@ -1216,6 +1224,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4 * 3600,
         help="longest live session, in emulated seconds (default 4 h)",
+    )
+    parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also fail when a session's delivery delay exceeds this (default 0: delays are "
+        "reported, not judged)",
     )
     parser.add_argument(
         "--without",
