@@ -42,6 +42,7 @@ from poller.errors import (
 from poller.glance.client import COMPLETED_SESSIONS, upstream_tls
 from poller.glance.dates import to_request
 from poller.health import Health
+from poller.launch import stop_requested
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
@@ -123,6 +124,8 @@ class Backfill:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig)
+        if stop_requested():
+            on_signal(signal.SIGTERM)
         try:
             code = await self._run()
         except asyncio.CancelledError:

@@ -18,7 +18,7 @@ from poller.check import add_arguments as check_arguments
 from poller.cursor import Cursor
 from poller.emulator import cli as emulator_cli
 from poller.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, PollerError, StateError
-from poller.launch import StopRequested
+from poller.launch import stop_requested
 from poller.settings import Config, load_config
 from poller.state import StateStore, move_aside, parse_cli_date
 
@@ -321,6 +321,8 @@ def _tune_garbage_collector() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if stop_requested():
+        return EXIT_OK
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except PollerError as exc:
         log.error(str(exc))
         return exc.exit_code
-    except (KeyboardInterrupt, StopRequested):
+    except KeyboardInterrupt:
         return EXIT_OK
     except Exception:
         log.exception("unexpected failure")

@@ -41,6 +41,7 @@ from poller.errors import (
 )
 from poller.glance.client import GlanceClient, upstream_tls
 from poller.health import Health
+from poller.launch import stop_requested
 from poller.logs import get_logger
 from poller.publisher import KafkaPublisher
 from poller.server import OperatorServer
@@ -135,6 +136,8 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        if stop_requested():  # a SIGTERM while starting: stop as if it came now
+            self.request_stop()
         watcher: asyncio.Task[None] | None = None
         try:
             connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))

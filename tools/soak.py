@@ -81,7 +81,9 @@ START_LOOKBACK_S = 2 * 3600
 RECONCILE_INTERVAL_S = 10.0
 SHUTDOWN_TIMEOUT_S = 20.0
 DAEMON_SETTINGS: dict[str, dict[str, Any]] = {
-    "glance": {"page_size": 100, "request_timeout": "10s"},
+    # The soak's clock moves (hours, by design) are the emulator's world, not a skewed
+    # service: its Date is trusted here (the tolerance has tests of its own).
+    "glance": {"page_size": 100, "request_timeout": "10s", "clock_tolerance": "3650d"},
     "kafka": {"linger_ms": 5, "request_timeout_ms": 15000},
     "completed": {"interval": "1s", "overlap": "5m", "start_lookback": f"{START_LOOKBACK_S}s"},
     "reconcile": {"interval": f"{RECONCILE_INTERVAL_S:g}s", "bucket": "1h", "horizon": "24h"},

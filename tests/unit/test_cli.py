@@ -250,3 +250,37 @@ def test_state_reset_to_moves_the_completed_cursor(tmp_path: Path) -> None:
     shown = run("state", "show", env=env).stdout
     assert '"scannedUntil": "2025-12-24T06:00:00+00:00"' in shown
     assert '"emittedIds": 4999' in shown, "moving the cursor keeps the emitted ids"
+
+
+def test_sigterm_at_any_moment_of_the_start_exits_0(tmp_path: Path) -> None:
+    """Every 20 ms of the start, from 0.1 s (before that the interpreter itself is starting
+    and no program can have a handler in place): the soak found a SIGTERM inside the start's
+    garbage collection ending the daemon with a traceback and exit code 1."""
+    import signal
+    import time
+
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
+    }
+    env = base | {
+        "GLANCE_PARTNER_ID": "1",
+        "GLANCE_API_KEY": "key-123456",
+        "GLANCE_BASE_URL": "http://127.0.0.1:9",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        "POLLER_STATE_PATH": str(tmp_path / "state.sqlite3"),
+        "POLLER_SERVER__PORT": "0",
+    }
+    for step in range(31):
+        delay = 0.1 + 0.02 * step
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "poller", "run"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(delay)
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=60)
+        assert daemon.returncode == 0, f"SIGTERM after {delay:.2f}s: {output[-3000:]}"
+        assert "Traceback" not in output, f"SIGTERM after {delay:.2f}s"
