@@ -1,5 +1,6 @@
 # Everything from nothing: `make test` and `make run` create the virtual environment,
 # install the package (pure Python) and fetch the Kafka broker jars themselves.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -64,8 +65,20 @@ unit: install deploy-tools
 integration: install kafka-jars
 	$(BIN)/pytest tests/integration
 
+# The 3-minute seeded chaos soak mostly waits on its processes: it runs beside the rest of the
+# suite (each pytest with its own temporary folder), and both must pass.
+SOAK_TEST := tests/integration/test_soak.py::test_a_three_minute_seeded_soak_loses_nothing
 test: lint kafka-jars deploy-tools
-	$(BIN)/pytest
+	@rm -rf .pytest-soak .pytest-suite
+	@echo "the 3-minute chaos soak runs beside the suite; its output follows the suite's"
+	@$(BIN)/pytest -p no:cacheprovider --basetemp=.pytest-soak $(SOAK_TEST) > .soak-test.log 2>&1 & \
+	soak=$$!; \
+	$(BIN)/pytest -p no:cacheprovider --basetemp=.pytest-suite --deselect $(SOAK_TEST) \
+		| tee .suite-test.log; suite=$${PIPESTATUS[0]}; \
+	wait $$soak; soaked=$$?; \
+	echo "--- the chaos soak (tests/integration/test_soak.py) ---"; cat .soak-test.log; \
+	echo "--- the suite, again its last line ---"; tail -n 1 .suite-test.log; \
+	test $$suite -eq 0 && test $$soaked -eq 0
 
 run: install kafka-jars
 	$(BIN)/python tools/run_demo.py
@@ -92,4 +105,5 @@ soak: install kafka-jars
 	$(BIN)/python tools/soak.py --minutes $(SOAK_MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:
-	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache mutants .mutmut-results.txt
+	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache mutants .mutmut-results.txt \
+		.pytest-soak .pytest-suite .soak-test.log .suite-test.log
