@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kafka"))
-from local_broker import BrokerFailed, LocalBroker
+from local_broker import BrokerFailed, LocalBroker, free_port  # noqa: F401 (re-exported)
 
 PYTHON = sys.executable
 CLOCK_TRUSTED = "36500d"

@@ -201,3 +201,63 @@ def test_the_broker_is_down_when_the_daemon_starts(
         wait_until(lambda: ready(port)[0], 60, "readiness")
     finally:
         assert kill(daemon, signal.SIGTERM) == 0
+
+
+def test_ten_broker_restarts_at_random_moments_of_a_backlog_lose_nothing(
+    tmp_path: Path, emulator: Emulator, own_broker: LocalBroker
+) -> None:
+    """The stall found by outside runs: after a broker restart on the same data the producer's
+    idempotence state was rejected (OutOfOrderSequenceNumber) and retried forever. A producer
+    the broker no longer accepts is replaced; what it had not delivered goes again with the same
+    ``ce_id``."""
+    import random
+
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 4000,
+            "from": "2026-03-10T07:10:00Z",
+            "until": "2026-03-10T11:50:00Z",
+            "maxDuration": 600,
+            "seed": 37,
+        },
+    )
+    upstream = {str(s["id"]) for s in emulator.sessions("ended")}
+    # A slow upstream keeps the backlog flowing through all ten restarts.
+    slow = {"p": 1.0, "kinds": ["slow"], "seed": 3, "params": {"delay": 1.0}}
+    emulator.admin("POST", "/admin/faults", {"rate": slow})
+    poller = outage_poller(tmp_path, emulator, own_broker)
+    poller.settings["started"] = {"enabled": False}
+    poller.settings["reconcile"] = {"enabled": False}
+    rng = random.Random(20261201)
+    daemon = poller.start()
+    try:
+        for _ in range(10):
+            time.sleep(rng.uniform(0.5, 3.0))
+            if rng.random() < 0.5:
+                own_broker.kill()
+            else:
+                own_broker.stop()
+            time.sleep(rng.uniform(0.5, 3.0))
+            own_broker.start()
+        emulator.admin("DELETE", "/admin/faults")
+        wait_until(
+            lambda: (
+                len({r.key for r in consume(poller.bootstrap, poller.topics.completed, idle=0.5)})
+                >= len(upstream)
+            ),
+            timeout=180,
+            what="every session after the tenth restart",
+            interval=2.0,
+        )
+        assert daemon.poll() is None, poller.log_text()[-3000:]
+    finally:
+        assert kill(daemon, signal.SIGTERM) == 0
+    records = consume(poller.bootstrap, poller.topics.completed, expect=len(upstream))
+    assert {r.key for r in records} == upstream
+    ce_ids: dict[str | None, set[str]] = {}
+    for record in records:
+        ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
+    assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
