@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 JARS   := $(CURDIR)/tools/kafka/jars
 
-.PHONY: all install kafka-jars deploy-tools test unit integration lint format run bench clean mutate
+.PHONY: all install kafka-jars deploy-tools test unit integration lint format run bench soak clean mutate
 
 all: test
 
@@ -83,6 +83,13 @@ mutate: install
 	$(BIN)/mutmut run --max-children 2 || true
 	$(BIN)/mutmut results > .mutmut-results.txt || true
 	$(BIN)/python tools/mutation_score.py .mutmut-results.txt
+
+# The chaos soak (tools/soak.py): SOAK_MINUTES of chaos (default 10), then the catch-up and the
+# comparison; SOAK_SEED makes the plan reproducible (default: random, printed).
+SOAK_MINUTES ?= 10
+SOAK_SEED ?=
+soak: install kafka-jars
+	$(BIN)/python tools/soak.py --minutes $(SOAK_MINUTES) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:
 	rm -rf $(VENV) $(JARS) .run .pytest_cache .mypy_cache .ruff_cache mutants .mutmut-results.txt

@@ -3,6 +3,35 @@
 JSON in, JSON out, no authentication (the emulator listens on loopback). Errors are
 ``{"error": message}`` with 400 (bad request), 404 (no such partner or session) or 409 (the
 session is not in a state that allows it).
+
+=====================================  ==========================================================
+``GET /admin/health``                  ``{"ok": true}``
+``GET|POST /admin/clock``              ``{"set"?: iso, "advance"?: s, "speed"?: x}`` ->
+                                       ``{"now", "speed"}``
+``GET /admin/sessions``                ``?partnerId&state=all|ended|active&fromId&limit&records``
+                                       -> ``{"now", "sessions": [{"partnerId", "userName",
+                                       "partnerUserId", "id", "type", "status", "startTime",
+                                       "endTime", "started", "ended", "record"?}]}``
+``POST /admin/sessions``               ``{"partnerId", "sessions": [...]}`` -> ``{"ids"}``
+``POST /admin/sessions/{id}/end``      ``{"status"?}`` -> the session
+``POST /admin/dataset``                a data set -> ``{"loaded"}``
+``POST /admin/traffic``                ``{"partnerId", "count", ...}`` -> ``{"created", ...}``
+``GET|POST|DELETE /admin/faults``      ``{"calls"?: [fault], "rate"?: {"p", "kinds"?, "seed"?,
+                                       "operation"?, "params"?} | null}`` -> ``{"calls",
+                                       "rate"}`` (``faults.FaultSpec.from_json``: the kinds and
+                                       their fields)
+``GET|POST /admin/service``            ``{"latency"?, "latencyPerRecord"?, "maxConcurrent"?,
+                                       "throttle503Share"?, "retryAfter"?, "seed"?}`` (seconds or
+                                       text such as ``"400ms"``) -> the same keys, in seconds
+``GET|POST /admin/live``               ``{"rate": per minute}`` (0 stops live traffic) ->
+                                       ``{"rate"}``
+``GET /admin/stats``                   ``{"calls": {operation: {label: n}}, "partners": {id:
+                                       {"calls", "admitted", "throttled", "inFlight",
+                                       "peakConcurrent"}}}``
+``POST /admin/stats/reset``            the same, emptied
+``POST /admin/reset``                  forget sessions, faults and counters
+``GET|POST /admin/partners``           ``{"partnerId", "apiKey"}`` -> ``{"partners"}``
+=====================================  ==========================================================
 """
 
 from __future__ import annotations
@@ -19,6 +48,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from poller.emulator.behaviour import BehaviourError
 from poller.emulator.dataset import DatasetError, load_dataset
 from poller.emulator.dates import (
     DateFormatError,
@@ -105,6 +135,10 @@ def add_admin_routes(app: web.Application, state: EmulatorState) -> None:
         ("GET", "/admin/stats", admin.get_stats),
         ("POST", "/admin/stats/reset", admin.reset_stats),
         ("POST", "/admin/reset", admin.reset),
+        ("GET", "/admin/service", admin.get_service),
+        ("POST", "/admin/service", admin.set_service),
+        ("GET", "/admin/live", admin.get_live),
+        ("POST", "/admin/live", admin.set_live),
         ("GET", "/admin/partners", admin.get_partners),
         ("POST", "/admin/partners", admin.add_partner),
     ]
@@ -355,11 +389,44 @@ class AdminApi:
         return admin_response(self.state.faults.describe())
 
     async def get_stats(self, _request: web.Request) -> web.Response:
-        return admin_response(self.state.stats.snapshot())
+        return admin_response(self._stats())
 
     async def reset_stats(self, _request: web.Request) -> web.Response:
         self.state.stats.reset()
-        return admin_response(self.state.stats.snapshot())
+        self.state.behaviour.reset_load()
+        return admin_response(self._stats())
+
+    def _stats(self) -> dict[str, Any]:
+        """``{"calls": {operation: {outcome or kind: n}}, "partners": {id: {"calls",
+        "admitted", "throttled", "inFlight", "peakConcurrent"}}}``."""
+        return {**self.state.stats.snapshot(), "partners": self.state.behaviour.load_snapshot()}
+
+    # -- service behaviour (latency, concurrency limit) and live traffic -----------------------
+
+    async def get_service(self, _request: web.Request) -> web.Response:
+        return admin_response(self.state.behaviour.to_json())
+
+    async def set_service(self, request: web.Request) -> web.Response:
+        """``{"latency"?, "latencyPerRecord"?, "maxConcurrent"?, "throttle503Share"?,
+        "retryAfter"?, "seed"?}``: durations in seconds or as text ("400ms")."""
+        body = await _object_body(request)
+        try:
+            self.state.behaviour.update(body)
+        except BehaviourError as exc:
+            raise AdminError(400, str(exc)) from exc
+        return admin_response(self.state.behaviour.to_json())
+
+    async def get_live(self, _request: web.Request) -> web.Response:
+        return admin_response({"rate": self.state.live_rate})
+
+    async def set_live(self, request: web.Request) -> web.Response:
+        """``{"rate": sessions per minute of emulated time, per partner}`` (0 stops it)."""
+        body = await _object_body(request)
+        rate = _number(body, "rate")
+        if not math.isfinite(rate) or rate < 0:
+            raise AdminError(400, "rate must be a number >= 0")
+        self.state.set_live_rate(rate)
+        return admin_response({"rate": self.state.live_rate})
 
     async def reset(self, _request: web.Request) -> web.Response:
         self.state.reset()

@@ -2,7 +2,8 @@
 
 Every response, faults and admin answers included, carries a ``Date`` header read from the
 emulator clock, not the wall clock: the poller takes "now" from the upstream's ``Date``, so
-tests move the poller's time by moving the emulator's clock.
+tests move the poller's time by moving the emulator's clock. (A ``date_skew`` fault bends it
+for the calls it is planned for.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from aiohttp import hdrs, web
 
 from poller.emulator.admin import add_admin_routes
 from poller.emulator.dates import http_date
-from poller.emulator.endpoint import SERVICE_PATH, STATE_KEY, handle_call, injected_fault
+from poller.emulator.endpoint import (
+    DATE_SKEW_KEY,
+    SERVICE_PATH,
+    STATE_KEY,
+    handle_call,
+    injected_fault,
+)
 from poller.emulator.state import EmulatorState
 
 __all__ = ["EmulatorState", "create_app"]
@@ -40,7 +47,9 @@ def create_app(state: EmulatorState) -> web.Application:
 
 async def _stamp_date(request: web.Request, response: web.StreamResponse) -> None:
     # Runs after aiohttp has filled in its own (wall clock) Date, just before the headers go.
-    response.headers[hdrs.DATE] = http_date(request.app[STATE_KEY].clock.timestamp())
+    # A date_skew fault on the call moves this answer's Date (and only its Date).
+    skew = request.get(DATE_SKEW_KEY, 0.0)
+    response.headers[hdrs.DATE] = http_date(request.app[STATE_KEY].clock.timestamp() + skew)
 
 
 async def _release_hanging_calls(app: web.Application) -> None:

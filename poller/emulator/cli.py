@@ -5,6 +5,10 @@ stderr, and stops cleanly on SIGTERM or SIGINT. With ``--port 0`` it picks a fre
 with ``--port-file``, writes it there once listening, for test harnesses. With ``--tls-cert``
 and ``--tls-key`` it serves HTTPS instead of HTTP (the admin API too), for testing how a client
 handles the service's certificate.
+
+For benchmarks, ``--latency``, ``--latency-per-record`` and ``--max-concurrent`` give it the
+cost and the limits of a service across the internet (see ``behaviour.py``); the admin API
+changes them at run time (``POST /admin/service``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from poller.emulator.behaviour import BehaviourError, ServiceBehaviour, parse_duration
 from poller.emulator.clock import EmulatorClock
 from poller.emulator.dataset import DatasetError, load_dataset
 from poller.emulator.dates import DateFormatError, parse_request_date
@@ -108,6 +113,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"faults drawn at --fault-rate (default {','.join(DEFAULT_RATE_KINDS)})",
     )
     parser.add_argument(
+        "--latency",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="added to every answer of the service, e.g. 400ms (default 0; "
+        "throttling, redirects and resets answer at once)",
+    )
+    parser.add_argument(
+        "--latency-per-record",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="added per record served, e.g. 0.1ms (default 0)",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="requests of one partner answered at once; more are refused with 429/503 and "
+        "Retry-After (default 0: no limit)",
+    )
+    parser.add_argument(
+        "--throttle-503-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="of the refusals for concurrency, the share answered 503 instead of 429, "
+        "drawn from --seed (default 0: all 429)",
+    )
+    parser.add_argument(
+        "--throttle-retry-after",
+        type=_duration,
+        default=1.0,
+        metavar="DURATION",
+        help="the Retry-After of those refusals (default 1s)",
+    )
+    parser.add_argument(
         "--port-file", type=Path, metavar="PATH", help="write the bound port here once listening"
     )
     parser.add_argument(
@@ -125,6 +168,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="request lines are logged at INFO",
+    )
+    parser.epilog = (
+        "At run time the admin API, on the same port, changes what these set: "
+        "POST /admin/service {latency, latencyPerRecord, maxConcurrent, throttle503Share, "
+        "retryAfter}, POST /admin/faults {calls, rate} (fault kinds: "
+        + ", ".join(sorted(ALL_KINDS))
+        + "), POST /admin/clock {set, advance, speed}, POST /admin/live {rate}; "
+        "GET /admin/stats counts calls per operation and, per partner, the requests refused "
+        "for concurrency and the peak of concurrent requests."
     )
     # argparse has no check across options: run() reports a lone --tls-cert or --tls-key
     # through the parser that read it, as a usage error (exit 2) like any other.
@@ -161,12 +213,24 @@ def run(args: argparse.Namespace) -> int:
 def build_state(args: argparse.Namespace) -> EmulatorState:
     """The emulator the arguments describe (data loaded, traffic and faults set up)."""
     partners = dict(args.partner) if args.partner else dict(DEFAULT_PARTNERS)
+    try:
+        behaviour = ServiceBehaviour(
+            latency=args.latency,
+            latency_per_record=args.latency_per_record,
+            max_concurrent=args.max_concurrent,
+            throttle_503_share=args.throttle_503_share,
+            retry_after=args.throttle_retry_after,
+            seed=args.seed,
+        )
+    except BehaviourError as exc:
+        raise ValueError(str(exc).replace("_", "-")) from exc
     state = EmulatorState(
         clock=EmulatorClock(args.clock_start, args.clock_speed),
         partners=partners,
         date_format=args.date_format,
         seed=args.seed,
         profile=TrafficProfile(max_duration=args.max_duration),
+        behaviour=behaviour,
     )
     first_partner = next(iter(partners))
     for path in args.dataset or []:
@@ -281,6 +345,23 @@ def _instant(text: str) -> datetime:
         return parse_request_date(text)
     except DateFormatError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text, "a duration")
+    except BehaviourError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def _kinds(text: str) -> list[str]:

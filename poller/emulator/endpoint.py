@@ -17,7 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from poller.emulator.faults import DELAYS, CallFaults, FaultSpec, damaged_copy
+from poller.emulator.behaviour import partner_of
+from poller.emulator.faults import (
+    DEFAULT_REDIRECT_ORIGIN,
+    DELAYS,
+    CallFaults,
+    FaultSpec,
+    damaged_copy,
+)
 from poller.emulator.operations import (
     ARGUMENT_EXCEPTION,
     INVALID_OPERATION_EXCEPTION,
@@ -35,6 +42,7 @@ from poller.emulator.wire import (
     fault_response,
     hang,
     invalid_json_response,
+    redirect_response,
     reset_connection,
     send_truncated,
     service_body,
@@ -44,6 +52,11 @@ from poller.emulator.wire import (
 
 SERVICE_PATH = "/services/activityservice.asmx"
 STATE_KEY = web.AppKey("emulator_state", EmulatorState)
+# Seconds the Date header of this request's answer is off by (app.py stamps the Date).
+DATE_SKEW_KEY = web.RequestKey("emulator_date_skew", float)
+# Injected faults that stand for the service's own answer (and so take its latency).
+SERVICE_FAULTS = frozenset({"error500", "invalid_json", "bad_shape"})
+_NEXT_ID_MARK = "__emulator_next_id__"
 # The injected fault of the request being handled, for the request log line.
 injected_fault: ContextVar[str | None] = ContextVar("injected_fault", default=None)
 
@@ -56,20 +69,44 @@ async def handle_call(request: web.Request) -> web.StreamResponse:
         fault = unknown_method(operation)
         return fault_response(fault.message, fault.exception_type)
 
+    raw = await request.read()
+    behaviour = state.behaviour
+    partner = partner_of(raw, state.partners)
+    if not behaviour.admit(partner):
+        status = behaviour.refusal()
+        injected_fault.set(f"limit{status}")
+        state.stats.count(operation, "throttled", f"limit{status}")
+        return throttled_response(status, behaviour.retry_after, "seconds", state.now())
+    try:
+        return await _serve(request, state, operation, raw)
+    finally:
+        behaviour.release(partner)
+
+
+async def _serve(
+    request: web.Request, state: EmulatorState, operation: str, raw: bytes
+) -> web.StreamResponse:
+    """One admitted call: faults decided, the answer made, the latency waited."""
     serves_records = operation in LISTING_OPERATIONS
     faults = state.faults.draw(operation, serves_records=serves_records)
+    skew = faults.date_skew()
+    if skew:
+        request[DATE_SKEW_KEY] = skew
+    for modifier in faults.modifiers:
+        state.stats.note(operation, modifier.kind)
     transport = faults.transport
     if transport is not None:
         injected_fault.set(transport.kind)
-        replacement = _replacement(state, transport)
+        replacement = _replacement(state, transport, request)
         if replacement is not None:
             state.stats.count(operation, "fault", transport.kind)
+            if transport.kind in SERVICE_FAULTS:  # the service itself answers these
+                await state.behaviour.wait(0, state.stopping)
             return replacement
         if transport.kind == "reset":
             state.stats.count(operation, "fault", "reset")
             return await reset_connection(request)
 
-    raw = await request.read()
     if transport is not None and transport.kind in DELAYS:
         try:
             client_waited = await hang(request, transport.delay_seconds(), state.stopping)
@@ -81,6 +118,7 @@ async def handle_call(request: web.Request) -> web.StreamResponse:
             return web.Response(status=499)  # nobody is listening any more
 
     response, labels, records = _answer(state, operation, request, raw, faults)
+    await state.behaviour.wait(records, state.stopping)
     if transport is not None and transport.kind == "truncate":
         state.stats.count(operation, "fault", "truncate")
         return await send_truncated(request, response)
@@ -90,7 +128,9 @@ async def handle_call(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _replacement(state: EmulatorState, fault: FaultSpec) -> web.Response | None:
+def _replacement(
+    state: EmulatorState, fault: FaultSpec, request: web.Request
+) -> web.Response | None:
     """The answer a transport fault sends instead of the real one, if it replaces it."""
     if fault.kind == "error500":
         return fault_response(
@@ -106,6 +146,9 @@ def _replacement(state: EmulatorState, fault: FaultSpec) -> web.Response | None:
         return invalid_json_response()
     if fault.kind == "bad_shape":
         return bad_shape_response(state.faults.next_bad_shape(fault))
+    if fault.kind == "redirect":
+        location = fault.location or DEFAULT_REDIRECT_ORIGIN + request.path
+        return redirect_response(fault.status, location)
     return None
 
 
@@ -121,20 +164,44 @@ def _answer(
     now = state.now()
     try:
         params = _parameters(request.content_type, raw)
-        result = state.service.call(operation, params, now)
+        result = state.service.call(operation, params, now, extra_records=faults.extra_records)
     except ServiceFault as fault:
         return fault_response(fault.message, fault.exception_type), [fault.outcome], 0
     if not isinstance(result, SessionPage):
         ms_dates = state.date_format == "ms"
-        return service_response(service_body(result, ms_dates=ms_dates)), ["ok"], 0
+        body = _padded(service_body(result, ms_dates=ms_dates), faults.pad_bytes)
+        return service_response(body), ["ok"], 0
+    if faults.extra_records:
+        _fill_oversized(result, faults.extra_records)
     renderer = _PageRenderer(state, operation, now, faults)
     payload = group_by_user(result, renderer.render)
+    bad_next_id = faults.modifier("bad_next_id")
+    if bad_next_id is not None:
+        payload["nextId"] = _NEXT_ID_MARK
     body = service_body(payload, ms_dates=renderer.used_ms_dates)
+    if bad_next_id is not None:
+        # No JSON library writes an integer beyond 64 bits: put it in as text.
+        body = body.replace(b'"' + _NEXT_ID_MARK.encode() + b'"', str(bad_next_id.next_id).encode())
+    body = _padded(body, faults.pad_bytes)
     labels = ["ok"]
     if renderer.applied:
         labels.append("mutated")
         labels.extend(renderer.applied)
     return service_response(body), labels, len(result.sessions)
+
+
+def _fill_oversized(page: SessionPage, extra: int) -> None:
+    """Make the page hold ``extra`` records more than asked for: the range's next sessions were
+    taken already; when it has too few, records of the page are served twice."""
+    wanted = page.limit + extra
+    served = list(page.sessions)
+    while served and len(page.sessions) < wanted:
+        page.sessions.append(served[(len(page.sessions) - len(served)) % len(served)])
+
+
+def _padded(body: bytes, size: int) -> bytes:
+    """``body`` followed by JSON whitespace up to ``size`` bytes (still valid JSON)."""
+    return body + b" " * (size - len(body)) if size > len(body) else body
 
 
 def _parameters(content_type: str, raw: bytes) -> dict[str, Any]:
@@ -173,14 +240,15 @@ class _PageRenderer:
         self.applied: Counter[str] = Counter()
 
     def render(self, session: Session, position: int) -> Record:
-        kinds = self._faults.mutations_at(position) + self._plan.persistent_mutations(
+        specs = self._faults.mutations_at(position) + self._plan.persistent_mutations(
             session.id, self._operation
         )
-        if not kinds:
+        if not specs:
             return session.render(self._now, ms_dates=self.used_ms_dates)
-        self.applied.update(set(kinds))
+        kinds = {spec.kind for spec in specs}
+        self.applied.update(kinds)
         ms_dates = self.used_ms_dates or "ms_dates" in kinds
         self.used_ms_dates = self.used_ms_dates or ms_dates
         record = session.render(self._now, ms_dates=ms_dates)
-        damage = [kind for kind in kinds if kind != "ms_dates"]
+        damage = [spec for spec in specs if spec.kind != "ms_dates"]
         return damaged_copy(record, damage) if damage else record

@@ -64,6 +64,8 @@ class SessionPage:
 
     sessions: list[Session]
     next_id: int
+    limit: int = MAX_RESULTS
+    """The page size asked for (``nResults``, clamped)."""
 
 
 Result = SessionPage | list[dict[str, Any]]
@@ -76,14 +78,18 @@ class ActivityService:
         self._store = store
         self._partners = partners
 
-    def call(self, operation: str, params: Mapping[str, Any], now: float) -> Result:
+    def call(
+        self, operation: str, params: Mapping[str, Any], now: float, *, extra_records: int = 0
+    ) -> Result:
+        """Answer one call; ``extra_records`` makes a listing serve that many records more
+        than ``nResults`` asks for (a fault: the page is oversized)."""
         if operation in LISTING_OPERATIONS:
-            return self._list(operation, _Params(params), now)
+            return self._list(operation, _Params(params), now, extra_records)
         if operation in (COUNTS, COUNTS_ENDING):
             return self._count(operation, _Params(params), now)
         raise unknown_method(operation)
 
-    def _list(self, operation: str, params: _Params, now: float) -> SessionPage:
+    def _list(self, operation: str, params: _Params, now: float, extra: int = 0) -> SessionPage:
         partner_id = params.integer("partnerId")
         api_key = params.string("apiKey")
         start_from, start_before = params.date("startRange"), params.date("endRange")
@@ -105,9 +111,9 @@ class ActivityService:
 
         sessions = self._store.partner(partner_id)
         found, next_id = sessions.page(
-            start_from, _started_by(start_before, now), next_id, limit, accept
+            start_from, _started_by(start_before, now), next_id, limit + extra, accept
         )
-        return SessionPage(found, next_id)
+        return SessionPage(found, next_id, limit)
 
     def _count(self, operation: str, params: _Params, now: float) -> list[dict[str, Any]]:
         partner_id = params.integer("partnerId")

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
+from poller.emulator.behaviour import ServiceBehaviour
 from poller.emulator.clock import EmulatorClock
 from poller.emulator.faults import FaultPlan
 from poller.emulator.operations import ActivityService
@@ -35,6 +36,8 @@ class EmulatorState:
     seed: int = 0
     """Root of every generated sequence (live traffic, admin traffic without a seed)."""
     profile: TrafficProfile = field(default_factory=TrafficProfile)
+    behaviour: ServiceBehaviour = field(default_factory=ServiceBehaviour)
+    """Latency per call and the per-partner concurrency limit (off by default)."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the server shuts down, so hanging answers give up at once."""
     live_rate: float = field(default=0.0, init=False)
@@ -73,6 +76,25 @@ class EmulatorState:
         for partner_id in self.partners:
             self._start_live(partner_id, origin)
 
+    def set_live_rate(self, rate_per_minute: float) -> None:
+        """Change the live traffic's rate from now on (0 stops it); what has started stays."""
+        if rate_per_minute < 0:
+            raise ValueError("the live traffic rate cannot be negative")
+        self.catch_up()
+        self.live_rate = rate_per_minute
+        batch = next(self._traffic_batches)
+        now = self.now()
+        self.live.clear()
+        if rate_per_minute > 0:
+            for partner_id in self.partners:
+                self.live[partner_id] = LiveTraffic(
+                    partner_id,
+                    rate_per_minute,
+                    now,
+                    seed=f"{self.seed}/live/{partner_id}/{batch}",
+                    profile=self.profile,
+                )
+
     def catch_up(self) -> int:
         """Materialise the live sessions that have started by now; returns how many."""
         made = 0
@@ -97,6 +119,7 @@ class EmulatorState:
         self.store.clear()
         self.faults.clear()
         self.stats.reset()
+        self.behaviour.reset_load()
         now = self.now()
         for traffic in self.live.values():
             traffic.restart_at(now)

@@ -76,6 +76,20 @@ def throttled_response(status: int, retry_after: float, form: str, now: float) -
     )
 
 
+def redirect_response(status: int, location: str) -> web.Response:
+    """A redirect from whatever sits in front of the service (IIS's own small HTML page)."""
+    reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect"}.get(
+        status, "Permanent Redirect"
+    )
+    return web.Response(
+        status=status,
+        text=f"<html><head><title>{reason}</title></head><body><h1>{reason}</h1>"
+        f'<a href="{location}">here</a></body></html>',
+        content_type="text/html",
+        headers={"Location": location, "Server": ASPNET_HEADERS["Server"]},
+    )
+
+
 def invalid_json_response() -> web.Response:
     """A 200 whose body is not JSON (an error page served with the wrong status and type)."""
     page = (

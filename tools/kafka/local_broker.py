@@ -4,8 +4,8 @@ The official broker jars come from Maven Central (``make kafka-jars`` runs
 ``mvn dependency:copy-dependencies`` on ``tools/kafka/pom.xml`` into ``tools/kafka/jars``).
 A broker gets free loopback ports and a throw-away data folder, is formatted with
 ``kafka.tools.StorageTool format`` and started with ``kafka.Kafka server.properties``.
-It can be stopped and started again on the same data (to test outages), and is removed
-at the end.
+It can be stopped (``stop``: SIGTERM, a controlled shutdown; ``kill``: SIGKILL, a crash) and
+started again on the same ports and data (to test outages), and is removed at the end.
 
 With ``sasl_users`` the broker also gets a ``SASL_PLAINTEXT`` listener that accepts PLAIN,
 SCRAM-SHA-256 and SCRAM-SHA-512 for those users (to test a client's SASL settings); the
@@ -130,8 +130,14 @@ class LocalBroker:
         jars: Path = DEFAULT_JARS,
         heap: str = "512m",
         sasl_users: dict[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> None:
-        """``sasl_users`` (username -> password) adds a SASL_PLAINTEXT listener for them."""
+        """``sasl_users`` (username -> password) adds a SASL_PLAINTEXT listener for them.
+
+        ``workdir``: a folder of the caller's for the broker's data, configuration and log,
+        instead of a throw-away one; ``cleanup`` then removes the data only, so the log stays
+        to be read.
+        """
         if not any(jars.glob("kafka_2.13-*.jar")):
             raise BrokerFailed(f"no Kafka jars in {jars}: run `make kafka-jars` first")
         if sasl_users is not None:
@@ -139,7 +145,12 @@ class LocalBroker:
         self.jars = jars
         self.heap = heap
         self.sasl_users = dict(sasl_users) if sasl_users is not None else None
-        self.workdir = Path(tempfile.mkdtemp(prefix="glance-kafka-"))
+        self._own_workdir = workdir is None
+        if workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="glance-kafka-"))
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.workdir = workdir
         self.port = free_port()
         self.controller_port = free_port()
         # Chosen once, like the others, so a restart on the same data keeps every address.
@@ -284,9 +295,24 @@ class LocalBroker:
             process.kill()
             process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no controlled shutdown), keeping its data folder."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.kill()
+        process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            shutil.rmtree(self.workdir / "data", ignore_errors=True)
 
     def log_tail(self, lines: int = 60) -> str:
         try:

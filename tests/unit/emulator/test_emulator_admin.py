@@ -174,7 +174,7 @@ async def test_partners_stats_and_reset(emulator: Emulator) -> None:
     assert (status, body) == (200, {"d": []})
     stats = await emulator.admin("GET", "/admin/stats")
     assert stats["calls"]["PartnerSessionCounts"]["ok"] == 1
-    assert await emulator.admin("POST", "/admin/stats/reset") == {"calls": {}}
+    assert await emulator.admin("POST", "/admin/stats/reset") == {"calls": {}, "partners": {}}
     await emulator.add_sessions({"startTime": iso(T0 - HOUR)})
     await emulator.admin("POST", "/admin/faults", {"calls": [{"kind": "error500"}]})
     assert await emulator.admin("POST", "/admin/reset") == {"ok": True}
