@@ -115,7 +115,9 @@ def test_a_70_day_backfill_interrupted_killed_and_resumed_delivers_every_session
         {"calls": [{"kind": "mistyped", "operation": LISTING, "sessionIds": sorted(bad)}]},
     )
     poller.settings["glance"] = {"page_size": PAGE_SIZE}
-    poller.settings["completed"] = {"start_lookback": "2h"}
+    # The live daemon's first start reads from CLOCK - 36 h, exactly the range's end (a first
+    # start reads nothing before its lookback): the sessions after the range are its own.
+    poller.settings["completed"] = {"start_lookback": "36h"}
     backfill_state = poller.workdir / "state.backfill.sqlite3"
 
     # --dry-run: counts pages and sessions, produces nothing, writes no state.
