@@ -1,11 +1,13 @@
 """A backfill's range as windows fetched at once, each paged and committed under its own cursor.
 
-**The cut** gives as many windows as the range has pages of sessions (by upstream's count), up
-to ``TARGET_WINDOWS`` (enough to keep 16 calls busy four times over), so a sparse range is not
-read in a thousand near-empty calls: the windows are whole weeks, days, 6 h, 1 h, 15 min, 5 min
-or 1 min, the longest that still gives that many (never longer than ``glance.max_window``),
-aligned on multiples of their length (the first and last may be partial). It does not depend on
-the concurrency, so the same command resumes the same windows.
+**The cut** gives a window per ``PAGES_PER_WINDOW`` pages of sessions in the range (by
+upstream's count), at least one and up to ``TARGET_WINDOWS`` (enough to keep 16 calls busy four
+times over): every window ends with a page that is not full, so a window must hold several pages
+for the calls to stay full, and a sparse range is not read in a thousand near-empty calls. The
+windows are whole weeks, days, 6 h, 1 h, 15 min, 5 min or 1 min, the longest that still gives
+that many (never longer than ``glance.max_window``), aligned on multiples of their length (the
+first and last may be partial). The cut does not depend on the concurrency, so the same command
+resumes the same windows.
 
 **The cursors.** Window *i* is paged by ``nextId`` with the one scan and committed page by page
 under ``<range cursor>#<i>``, which also records the window itself: a cursor whose window is not
@@ -36,6 +38,7 @@ from poller.window import Window, buckets, split_window
 
 log = get_logger(__name__)
 TARGET_WINDOWS = 64
+PAGES_PER_WINDOW = 8
 STEPS = (
     timedelta(days=7),
     timedelta(days=1),
@@ -47,13 +50,13 @@ STEPS = (
 )
 
 
-def cut(span: Window, max_window: timedelta, pages: int = TARGET_WINDOWS) -> list[Window]:
-    """``span`` in windows: as many as ``pages`` (the pages its sessions fill), at most
-    ``TARGET_WINDOWS``, and more when even the longest step allowed gives more."""
+def cut(span: Window, max_window: timedelta, pages: int) -> list[Window]:
+    """``span`` in windows: one per ``PAGES_PER_WINDOW`` of the ``pages`` its sessions fill,
+    up to ``TARGET_WINDOWS``, and more when even the longest step allowed gives more."""
     steps = [step for step in STEPS if step <= max_window]
     if not steps:
         return split_window(span, max_window)
-    wanted = max(1, min(pages, TARGET_WINDOWS))
+    wanted = max(1, min(-(-pages // PAGES_PER_WINDOW), TARGET_WINDOWS))
     step = next((s for s in steps if span.span / s >= wanted), steps[-1])
     return buckets(span, step)
 

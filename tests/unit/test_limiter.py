@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from poller.backfill_windows import TARGET_WINDOWS, cut
+from poller.backfill_windows import PAGES_PER_WINDOW, TARGET_WINDOWS, cut
 from poller.errors import RetriableUpstreamError
 from poller.limiter import ConcurrencyLimiter
 from poller.window import Window
@@ -174,16 +174,17 @@ T0 = datetime(2025, 11, 20, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("span", "pages", "step"),
     [
-        (timedelta(days=70), 64, timedelta(days=1)),
+        (timedelta(days=70), 64 * PAGES_PER_WINDOW, timedelta(days=1)),
         (timedelta(days=70), 3, timedelta(days=7)),
-        (timedelta(days=365), 1000, timedelta(days=1)),
-        (timedelta(days=20), 64, timedelta(hours=6)),
-        (timedelta(days=2), 64, timedelta(minutes=15)),
-        (timedelta(days=2), 2, timedelta(days=1)),
-        (timedelta(hours=3), 500, timedelta(minutes=1)),
+        (timedelta(days=29), 200, timedelta(days=1)),
+        (timedelta(days=365), 10_000, timedelta(days=1)),
+        (timedelta(days=20), 1000, timedelta(hours=6)),
+        (timedelta(days=2), 1000, timedelta(minutes=15)),
+        (timedelta(days=2), 16, timedelta(days=1)),
+        (timedelta(hours=3), 5000, timedelta(minutes=1)),
     ],
 )
-def test_the_range_is_cut_into_as_many_aligned_windows_as_it_has_pages_up_to_a_target(
+def test_the_range_is_cut_into_a_window_per_few_pages_up_to_a_target(
     span: timedelta, pages: int, step: timedelta
 ) -> None:
     start = T0 + timedelta(minutes=7)
@@ -192,10 +193,15 @@ def test_the_range_is_cut_into_as_many_aligned_windows_as_it_has_pages_up_to_a_t
     assert all(a.end == b.start for a, b in itertools.pairwise(windows))
     assert max(w.span for w in windows) == step
     assert all(w.end.timestamp() % step.total_seconds() == 0 for w in windows[:-1])
-    assert len(windows) >= min(pages, TARGET_WINDOWS) or step == timedelta(minutes=1)
+    wanted = min(-(-pages // PAGES_PER_WINDOW), TARGET_WINDOWS)
+    assert len(windows) >= wanted or step == timedelta(minutes=1)
+    # The next longer step would have given too few.
+    longer = [s for s in (timedelta(days=7), timedelta(days=1), timedelta(hours=6)) if s > step]
+    if longer:
+        assert span / min(longer) < wanted
 
 
 def test_windows_never_exceed_the_configured_maximum() -> None:
-    windows = cut(Window(T0, T0 + timedelta(days=3)), timedelta(seconds=30))
+    windows = cut(Window(T0, T0 + timedelta(days=3)), timedelta(seconds=30), 1000)
     assert all(w.span <= timedelta(seconds=30) for w in windows)
     assert windows[-1].end == T0 + timedelta(days=3)
