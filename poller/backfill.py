@@ -221,8 +221,11 @@ class Backfill:
         total = still_open = 0
         max_window = timedelta(seconds=self._settings.glance.max_window)
         for window in split_window(span, max_window):
-            total += await client.session_counts(window, status="C", shape=total_count)
-            still_open += await client.session_counts(window, status="A", shape=total_count)
+            ended, still = await asyncio.gather(
+                client.session_counts(window, status="C", shape=total_count),
+                client.session_counts(window, status="A", shape=total_count),
+            )
+            total, still_open = total + ended, still_open + still
         now = await client.server_now()
         if span.end > now:
             raise ConfigError(
@@ -241,7 +244,7 @@ class Backfill:
                 still_open=still_open,
             )
         page_size = self._settings.glance.page_size
-        windows = cut(span, max_window, pages=-(-total // page_size))
+        windows = cut(span, max_window, -(-total // page_size), ceiling)
         pending = plan.pending(windows)
         done = feed.state.count_emitted(feed.partner_id, COMPLETED, span)
         log.info(

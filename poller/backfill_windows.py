@@ -1,20 +1,21 @@
 """A backfill's range as windows fetched at once, each paged and committed under its own cursor.
 
 **The cut** gives a window per ``PAGES_PER_WINDOW`` pages of sessions in the range (by
-upstream's count), at least one and up to ``TARGET_WINDOWS`` (enough to keep 16 calls busy four
-times over): every window ends with a page that is not full, so a window must hold several pages
-for the calls to stay full, and a sparse range is not read in a thousand near-empty calls. The
-windows are whole weeks, days, 6 h, 1 h, 15 min, 5 min or 1 min, the longest that still gives
-that many (never longer than ``glance.max_window``), aligned on multiples of their length (the
-first and last may be partial). The cut does not depend on the concurrency, so the same command
-resumes the same windows.
+upstream's count), at least one, and at most ``WINDOWS_PER_CALL`` per call allowed at once
+(``backfill.concurrency``), enough to keep every call busy to the end: every window ends with a
+page that is not full, so a window must hold several pages for the calls to stay full, and a
+sparse range is not read in a thousand near-empty calls. The windows are whole weeks, 3 or 2
+days, days, 12, 6, 3 or 1 h, 30, 15, 5 or 1 min, the longest that still gives that many (never
+longer than ``glance.max_window``), aligned on multiples of their length (the first and last may
+be partial). The same command, with the same concurrency, resumes the same windows.
 
 **The cursors.** Window *i* is paged by ``nextId`` with the one scan and committed page by page
 under ``<range cursor>#<i>``, which also records the window itself: a cursor whose window is not
-the one the cut gives (upstream's count or ``glance.max_window`` changed meanwhile) is not
-trusted, and that window is read again (its sessions' ids are remembered, so nothing is sent
-twice). The range's own cursor (``<range cursor>``) holds how far every window is done without
-a gap: nothing before it is read again, and once it reaches the range's end the backfill is done.
+the one the cut gives (upstream's count, the concurrency or ``glance.max_window`` changed
+meanwhile) is not trusted, and that window is read again (its sessions' ids are remembered, so
+nothing is sent twice). The range's own cursor (``<range cursor>``) holds how far every window
+is done without a gap: nothing before it is read again, and once it reaches the range's end the
+backfill is done.
 """
 
 from __future__ import annotations
@@ -37,26 +38,22 @@ from poller.streams.scan import Scanner
 from poller.window import Window, buckets, split_window
 
 log = get_logger(__name__)
-TARGET_WINDOWS = 64
+WINDOWS_PER_CALL = 4
 PAGES_PER_WINDOW = 8
-STEPS = (
-    timedelta(days=7),
-    timedelta(days=1),
-    timedelta(hours=6),
-    timedelta(hours=1),
-    timedelta(minutes=15),
-    timedelta(minutes=5),
-    timedelta(minutes=1),
+STEPS = tuple(
+    timedelta(minutes=minutes)
+    for minutes in (7 * 1440, 3 * 1440, 2 * 1440, 1440, 720, 360, 180, 60, 30, 15, 5, 1)
 )
 
 
-def cut(span: Window, max_window: timedelta, pages: int) -> list[Window]:
+def cut(span: Window, max_window: timedelta, pages: int, concurrency: int) -> list[Window]:
     """``span`` in windows: one per ``PAGES_PER_WINDOW`` of the ``pages`` its sessions fill,
-    up to ``TARGET_WINDOWS``, and more when even the longest step allowed gives more."""
+    up to ``WINDOWS_PER_CALL`` x ``concurrency``, more when even the longest step allowed
+    gives more."""
     steps = [step for step in STEPS if step <= max_window]
     if not steps:
         return split_window(span, max_window)
-    wanted = max(1, min(-(-pages // PAGES_PER_WINDOW), TARGET_WINDOWS))
+    wanted = max(1, min(-(-pages // PAGES_PER_WINDOW), WINDOWS_PER_CALL * concurrency))
     step = next((s for s in steps if span.span / s >= wanted), steps[-1])
     return buckets(span, step)
 
