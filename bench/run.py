@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "kafka")]
 
 import orjson  # noqa: E402
 from local_broker import LocalBroker  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench import commit as commit_bench  # noqa: E402
 from bench import kafka_io, procs, report  # noqa: E402
@@ -47,7 +48,6 @@ ORDER = ("commit", "throughput", "upstream", "latency", "idle", "memory")
 MIB = 1024.0  # ru_maxrss and VmRSS are in KiB
 
 # Targets of the issue.
-THROUGHPUT_RATIO = 0.8
 UPSTREAM_RATIO = 0.8  # backfill / (concurrency x page / page latency), against a WAN service
 RECORDS_PER_SESSION = 1.5  # upstream records read per session delivered, live
 # The realistic service: every call 400 ms plus 0.1 ms per record, at most 4 calls at once.
@@ -235,20 +235,9 @@ def bench_throughput(ctx: Context) -> dict[str, Any]:
             "ceiling_batched_eps": round(batched_eps, 1),
             "ratio_batched": round(ratio_batched, 3),
         },
-        "targets": [
-            target(
-                "throughput_ratio",
-                f"backfill ≥ {THROUGHPUT_RATIO}x ceiling",
-                round(ratio, 3),
-                ratio >= THROUGHPUT_RATIO,
-            ),
-            target(
-                "throughput_ratio_batched",
-                f"backfill ≥ {THROUGHPUT_RATIO}x the record-batch ceiling",
-                round(ratio_batched, 3),
-                ratio_batched >= THROUGHPUT_RATIO,
-            ),
-        ],
+        # The 0.8x-of-send() target is retired (issue 16): what users feel is bound by the
+        # upstream; the ratios stay as figures ("upstream" has the target that applies).
+        "targets": [],
     }
 
 
@@ -522,6 +511,8 @@ def bench_latency(ctx: Context) -> dict[str, Any]:
         1 for r in runs if r["daemon"].get("ticks_without_pages")
     )
     summary["tick_seconds_p50"] = round(median([r["daemon"]["tick_seconds_p50"] for r in runs]), 3)
+    per_session = median([r["upstream_records"]["per_session"] or 0.0 for r in runs])
+    summary["records_read_per_session"] = round(per_session, 2)
     p99 = summary["p99_ms"]
     limit = plan.poll_interval * 1000 + LATENCY_SLACK_MS
     return {
@@ -551,6 +542,12 @@ def bench_latency(ctx: Context) -> dict[str, Any]:
                 f"p99 ≤ {limit:,.0f} ms, every event arrives",
                 p99,
                 p99 <= limit and not summary.get("p99_is_lower_bound") and not summary["missing"],
+            ),
+            target(
+                "records_per_session",
+                f"upstream records read per session delivered ≤ {RECORDS_PER_SESSION}",
+                round(per_session, 2),
+                per_session <= RECORDS_PER_SESSION,
             ),
         ],
     }
@@ -626,6 +623,7 @@ async def _latency_once(ctx: Context, index: int) -> dict[str, Any]:
         await consumer
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon stopped early; see {workdir / 'poller.log'}")
+        reads = _records_read(workdir / "poller.log", topics.completed)
         ended = emulator.admin(
             "GET", f"/admin/sessions?partnerId={procs.PARTNER_ID}&state=ended&records=false"
         )["sessions"]
@@ -666,12 +664,49 @@ async def _latency_once(ctx: Context, index: int) -> dict[str, Any]:
         if censored:
             result[f"{name}_is_lower_bound"] = True
     result["min_ms"] = round(samples[0][0] * 1000, 1)
+    result["upstream_records"] = reads
     result["clock_offset_ms"] = round(offset * 1000, 2)
     result["daemon"] = ticks
     result["cpu_seconds_in_window"] = {
         name: cpu_delta(cpu_before[name], cpu_after[name]) for name in cpu_before
     }
     return result
+
+
+def _records_read(log_path: Path, completed_topic: str) -> dict[str, Any]:
+    """From the running daemon's /metrics: upstream records read (all streams, and the
+    completed stream's) per completed session delivered, over the whole run."""
+    port = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = orjson.loads(line)
+            if entry.get("event") == "glance-poller started":
+                port = entry.get("metrics_port")
+    if port is None:
+        raise RuntimeError(f"no metrics port in {log_path}")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    read: dict[str, float] = {}
+    delivered = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "glance_poller_upstream_records_read_total":
+                stream = sample.labels["stream"]
+                read[stream] = read.get(stream, 0.0) + sample.value
+            elif (
+                sample.name == "glance_poller_events_produced_total"
+                and sample.labels.get("topic") == completed_topic
+            ):
+                delivered += sample.value
+    total = sum(read.values())
+    return {
+        "records_read": read,
+        "sessions_delivered": delivered,
+        "per_session": round(total / delivered, 2) if delivered else None,
+        "completed_per_session": round(read.get("completed", 0.0) / delivered, 2)
+        if delivered
+        else None,
+    }
 
 
 def _epoch(text: str) -> float:
