@@ -9,10 +9,10 @@ days, days, 12, 6, 3 or 1 h, 30, 15, 5 or 1 min, the longest that still gives th
 longer than ``glance.max_window``), aligned on multiples of their length (the first and last may
 be partial). The same command, with the same concurrency, resumes the same windows.
 
-**The cursors.** Window *i* is paged by ``nextId`` with the one scan and committed page by page
-under ``<range cursor>#<i>``, which also records the window itself: a cursor whose window is not
-the one the cut gives (upstream's count, the concurrency or ``glance.max_window`` changed
-meanwhile) is not trusted, and that window is read again (its sessions' ids are remembered, so
+**The cursors.** Each window is paged by ``nextId`` with the one scan and committed page by
+page under its own cursor, ``<range cursor>#<window start>/<window end>``: named after the
+window, so a cut that changed meanwhile (upstream's count, the concurrency, ``glance.max_window``)
+finds none for its new windows and reads them again (their sessions' ids are remembered, so
 nothing is sent twice). The range's own cursor (``<range cursor>``) holds how far every window
 is done without a gap: nothing before it is read again, and once it reaches the range's end the
 backfill is done.
@@ -95,7 +95,10 @@ class RangeWindows:
         self.resumed = stored is not None
 
     def stream(self, index: int) -> str:
-        return f"{self._stream}#{index}"
+        """Window ``index``'s cursor, named after the window itself: a cursor of another cut
+        can never pass for it (a finished cursor no longer says which window it finished)."""
+        window = self.windows[index]
+        return f"{self._stream}#{to_request(window.start)}/{to_request(window.end)}"
 
     def complete(self) -> bool:
         return self._watermark >= self._span.end

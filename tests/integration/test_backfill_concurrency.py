@@ -30,7 +30,7 @@ SINCE = "2025-11-20T00:00:00Z"
 UNTIL = "2026-01-29T00:00:00Z"
 CLOCK = "2026-01-30T12:00:00Z"
 CONCURRENCY = 4
-RANGE_CURSOR = re.compile(r"^backfill:[^#]+(#\d+)?$")
+RANGE_CURSOR = re.compile(r"^backfill:[^#]+(#[^#]+)?$")
 
 
 def _sessions(emulator: Emulator, count: int, seed: int) -> dict[int, dict[str, Any]]:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from poller.backfill_windows import PAGES_PER_WINDOW, STEPS, WINDOWS_PER_CALL, cut
 from poller.errors import RetriableUpstreamError
 from poller.limiter import ConcurrencyLimiter
-from poller.window import Window
 
 THROTTLED = RetriableUpstreamError("throttled", "HTTP 429")
 
@@ -166,45 +162,3 @@ async def test_other_failures_do_not_move_the_limit() -> None:
 def test_the_ceiling_is_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ConcurrencyLimiter(0)
-
-
-T0 = datetime(2025, 11, 20, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("span", "pages", "concurrency", "step"),
-    [
-        # A window per 8 pages...
-        (timedelta(days=29), 100, 4, timedelta(days=2)),
-        (timedelta(days=70), 3, 4, timedelta(days=7)),
-        (timedelta(days=2), 16, 4, timedelta(days=1)),
-        # ...up to 4 per call allowed at once...
-        (timedelta(days=29), 100, 1, timedelta(days=7)),
-        (timedelta(days=20), 1000, 16, timedelta(hours=6)),
-        (timedelta(days=2), 1000, 16, timedelta(minutes=30)),
-        (timedelta(hours=3), 5000, 16, timedelta(minutes=1)),
-        # ...and more when a week is still too short.
-        (timedelta(days=365), 10_000, 4, timedelta(days=7)),
-    ],
-)
-def test_the_range_is_cut_into_a_window_per_few_pages_enough_to_keep_the_calls_busy(
-    span: timedelta, pages: int, concurrency: int, step: timedelta
-) -> None:
-    start = T0 + timedelta(minutes=7)
-    windows = cut(Window(start, start + span), timedelta(days=31), pages, concurrency)
-    assert windows[0].start == start and windows[-1].end == start + span
-    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
-    assert max(w.span for w in windows) == step
-    assert all(w.end.timestamp() % step.total_seconds() == 0 for w in windows[:-1])
-    wanted = min(-(-pages // PAGES_PER_WINDOW), WINDOWS_PER_CALL * concurrency)
-    assert len(windows) >= wanted or step == timedelta(minutes=1)
-    # The next longer step would have given too few.
-    longer = [s for s in STEPS if s > step]
-    if longer:
-        assert span / min(longer) < wanted
-
-
-def test_windows_never_exceed_the_configured_maximum() -> None:
-    windows = cut(Window(T0, T0 + timedelta(days=3)), timedelta(seconds=30), 1000, 4)
-    assert all(w.span <= timedelta(seconds=30) for w in windows)
-    assert windows[-1].end == T0 + timedelta(days=3)
