@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from poller.glance.paging import Window
-from poller.state import Cursor, Scan, StateStore
+from poller.cursor import Cursor
+from poller.state import StateStore
+from poller.window import Window
 
 PARTNER = 12345
 STREAM = "completed"
@@ -48,7 +49,7 @@ def measure(path: Path, held: int, commits: int) -> list[float]:
         for page in range(commits):
             ids = [(next_id + i, now - timedelta(seconds=PAGE_IDS - i)) for i in range(PAGE_IDS)]
             next_id += PAGE_IDS
-            cursor = Cursor(now - timedelta(minutes=5), Scan(window, next_id + page))
+            cursor = Cursor(now - timedelta(minutes=5), window, next_id + page)
             started = time.perf_counter()
             store.commit(PARTNER, cursors={STREAM: cursor}, emitted={STREAM: ids})
             timings.append(time.perf_counter() - started)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import aiohttp
 import structlog
 
 from poller.backfill_progress import Progress, progress_for_stderr
-from poller.cursor import Cursor
+from poller.backfill_windows import RangeWindows, cut
 from poller.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -39,15 +40,18 @@ from poller.errors import (
     RetriableUpstreamError,
     UpstreamMisconfigured,
 )
-from poller.glance.client import COMPLETED_SESSIONS, upstream_tls
+from poller.glance.client import upstream_tls
 from poller.glance.dates import to_request
 from poller.health import Health
+<<<<<<< HEAD
 from poller.launch import stop_requested
+=======
+from poller.limiter import ConcurrencyLimiter
+>>>>>>> perf
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
 from poller.state import StateStore
-from poller.streams.feed import Delivered
 from poller.streams.names import COMPLETED
 from poller.streams.reconcile import total_count
 from poller.streams.scan import Scanner
@@ -163,13 +167,13 @@ class Backfill:
             for partner in self._partners:
                 if self._stopping.is_set():
                     break
-                scanner = wire_partner(
-                    http, settings, partner, publisher, state, self._stopping,
+                wire = functools.partial(
+                    wire_partner, http, settings, partner, publisher, state, self._stopping,
                     started_enabled=False,
                 )  # fmt: skip
                 with structlog.contextvars.bound_contextvars(partner=partner.id):
                     try:
-                        await self._partner(scanner)
+                        await self._partner(partner, wire)
                     except (AuthenticationFailed, UpstreamMisconfigured) as exc:
                         log.error(str(exc))
                         rejected = True
@@ -199,11 +203,19 @@ class Backfill:
             stack.callback(state.close)
             yield state
 
-    async def _partner(self, scanner: Scanner) -> None:
+    async def _partner(self, partner: Partner, wire: Callable[..., Scanner]) -> None:
         span = self._span
+        ceiling = self._settings.backfill.concurrency
+
+        def changed(limit: int, why: str) -> None:
+            log.info(f"backfill concurrency {'lowered' if why == 'throttled' else 'raised'}",
+                     concurrency=limit, ceiling=ceiling, why=why)  # fmt: skip
+
+        limiter = ConcurrencyLimiter(ceiling, on_change=changed)
+        scanner = wire(gate=limiter.slot)
         feed = scanner.feed
-        cursor = feed.state.cursor(feed.partner_id, self._stream)
-        if cursor is not None and cursor.done_by(span.end):
+        plan = RangeWindows(scanner, self._stream, span)
+        if plan.complete():
             log.info(
                 "backfill already complete: nothing to do",
                 state=str(self._state_path),
@@ -212,11 +224,14 @@ class Backfill:
             return
         started = time.monotonic()
         client = scanner.client
-        windows = split_window(span, timedelta(seconds=self._settings.glance.max_window))
         total = still_open = 0
-        for window in windows:
-            total += await client.session_counts(window, status="C", shape=total_count)
-            still_open += await client.session_counts(window, status="A", shape=total_count)
+        max_window = timedelta(seconds=self._settings.glance.max_window)
+        for window in split_window(span, max_window):
+            ended, still = await asyncio.gather(
+                client.session_counts(window, status="C", shape=total_count),
+                client.session_counts(window, status="A", shape=total_count),
+            )
+            total, still_open = total + ended, still_open + still
         now = await client.server_now()
         if span.end > now:
             raise ConfigError(
@@ -234,62 +249,49 @@ class Backfill:
                 "so this backfill does not replay them",
                 still_open=still_open,
             )
+        page_size = self._settings.glance.page_size
+        windows = cut(span, max_window, -(-total // page_size), ceiling)
+        pending = plan.pending(windows)
         done = feed.state.count_emitted(feed.partner_id, COMPLETED, span)
         log.info(
-            "backfill resuming" if cursor is not None else "backfill starting",
+            "backfill resuming" if plan.resumed else "backfill starting",
             windows=len(windows),
+            concurrency=ceiling,
             sessions_upstream=total,
             already_done=done,
             state=str(self._state_path),
             **self._range,
         )
-        cursor = cursor or Cursor(span.start)
-        delivered, pages = Delivered(), 0
         with self._progress.logging():
-            self._progress.start(feed.partner_id, total, done)
-            while not cursor.done_by(span.end) and not self._stopping.is_set():
-                cursor = cursor.begin(span.end, cursor.scanned_until, windows[0].span)
-                assert cursor.window is not None
-                log.info(
-                    "backfill window",
-                    window_start=cursor.window.start.isoformat(),
-                    window_end=cursor.window.end.isoformat(),
-                    next_id=cursor.next_id,
-                )
-                outcome = await scanner.scan(
-                    COMPLETED_SESSIONS,
-                    COMPLETED,
-                    cursor,
-                    self._stream,
-                    on_page=lambda page, got, after: self._progress.advance(
-                        got.emitted + got.dead_letters, after
-                    ),
-                )
-                cursor, pages = outcome.cursor, pages + outcome.pages
-                delivered.add(outcome.delivered)
+            self._progress.start(partner.id, total, done)
+            outcome = await plan.fetch(pending, ceiling, limiter, self._progress.advance)
             self._progress.close()
+        if outcome.failure is not None:
+            raise outcome.failure
         figures = {
-            "pages": pages,
-            **delivered.as_log(),
+            "pages": outcome.pages,
+            **outcome.delivered.as_log(),
             "sessions_upstream": total,
+            "concurrency": limiter.limit,
+            "throttled": limiter.throttled,
             "seconds": round(time.monotonic() - started, 1),
         }
         if self._state_path is None:
             log.info(
                 "backfill dry run: nothing was produced and no state was written",
                 windows=len(windows),
-                sessions=delivered.records,
-                interrupted=not cursor.done_by(span.end),
+                sessions=outcome.delivered.records,
+                interrupted=not plan.complete(),
                 **figures,
                 **self._range,
             )
-        elif cursor.done_by(span.end):
+        elif plan.complete():
             log.info("backfill complete", **self._range, **figures)
         else:
             log.warning(
                 f"interrupted; {RESUME_HINT}",
-                scanned_until=cursor.scanned_until.isoformat(),
-                next_id=cursor.next_id if cursor.window else None,
+                windows=len(windows),
+                windows_left=len(plan.pending(windows)),
                 **self._range,
                 **figures,
             )

@@ -11,7 +11,7 @@ from typing import NoReturn, Protocol
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from poller.cursor import Cursor
+from poller.backfill_windows import Flight
 from poller.logs import get_logger
 
 log = get_logger(__name__)
@@ -23,8 +23,8 @@ PROGRESS_EVERY_PAGES = 100
 class Progress(Protocol):
     def start(self, partner_id: int, total: int, done: int) -> None: ...
 
-    def advance(self, sessions: int, after: Cursor) -> None:
-        """One more page, with this many sessions newly done, and the cursor after it."""
+    def advance(self, sessions: int, flight: Flight) -> None:
+        """One more page, with this many sessions newly done, and the windows after it."""
 
     def close(self) -> None: ...
 
@@ -42,7 +42,8 @@ def progress_for_stderr() -> Progress:
 
 
 class BarProgress:
-    """A tqdm bar on stderr: sessions done / total, pages, sessions/s, ETA."""
+    """A tqdm bar on stderr: sessions done / total, pages, windows done and in flight,
+    calls allowed at once, sessions/s, ETA."""
 
     def __init__(self) -> None:
         self._bar: tqdm[NoReturn] | None = None
@@ -62,14 +63,20 @@ class BarProgress:
             postfix={"pages": 0},
         )
 
-    def advance(self, sessions: int, after: Cursor) -> None:
+    def advance(self, sessions: int, flight: Flight) -> None:
         bar = self._bar
         if bar is None:
             return
         self._pages += 1
         if bar.total is not None and bar.n + sessions > bar.total:
             bar.total = bar.n + sessions  # upstream gained sessions since it was counted
-        bar.set_postfix(pages=self._pages, refresh=False)
+        first = f" from {flight.in_flight[0][:10]}" if flight.in_flight else ""
+        bar.set_postfix(
+            pages=self._pages,
+            windows=f"{flight.done}/{flight.windows}, {len(flight.in_flight)} in flight{first}",
+            concurrency=flight.concurrency,
+            refresh=False,
+        )
         bar.update(sessions)
 
     def close(self) -> None:
@@ -82,7 +89,8 @@ class BarProgress:
 
 
 class LogProgress:
-    """A ``backfill progress`` line every few seconds or pages, and at the end of each window."""
+    """A ``backfill progress`` line every few seconds or pages, and at the end of each window:
+    sessions, pages, windows done and those in flight, calls allowed at once, rate, ETA."""
 
     def __init__(
         self, every_seconds: float = PROGRESS_EVERY_SECONDS, every_pages: int = PROGRESS_EVERY_PAGES
@@ -98,12 +106,12 @@ class LogProgress:
         self._pages = self._last_pages = 0
         self._started = self._last_at = time.monotonic()
 
-    def advance(self, sessions: int, after: Cursor) -> None:
+    def advance(self, sessions: int, flight: Flight) -> None:
         self._done += sessions
         self._pages += 1
         now = time.monotonic()
         if (
-            after.in_window
+            not flight.window_finished
             and now - self._last_at < self._every_seconds
             and self._pages - self._last_pages < self._every_pages
         ):
@@ -120,7 +128,10 @@ class LogProgress:
             pages=self._pages,
             sessions_per_second=round(rate, 1),
             eta_seconds=round((total - self._done) / rate) if rate > 0 else None,
-            scanned_until=after.scanned_until.isoformat(),
+            windows=flight.windows,
+            windows_done=flight.done,
+            windows_in_flight=list(flight.in_flight),
+            concurrency=flight.concurrency,
         )
 
     def close(self) -> None:

@@ -179,7 +179,9 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 _DESCRIPTION = """\
 Replay the sessions that started in [--since, --until) into the live topics (completed
 events, and dead letters for bad records), with the event ids the daemon gives them, so
-consumers can drop the duplicates. Upstream is read in windows of at most 31 days.
+consumers can drop the duplicates. The range is cut into windows, backfill.concurrency of them
+(4) fetched at once, each committed under its own cursor; fewer at once while upstream answers
+429/503.
 
 It is resumable: progress is committed after every page Kafka acknowledged, in a state file
 of its own (never the daemon's, so it can run beside a running daemon and never moves the

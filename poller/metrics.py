@@ -46,6 +46,13 @@ EVENTS = Counter(
     ["partner", "topic"],
     registry=REGISTRY,
 )
+RECORDS_READ = Counter(
+    f"{_NS}_upstream_records_read_total",
+    "Session records read from upstream, as each page arrives (overlap, rescans and listings "
+    "included); divided by the events produced: upstream records read per session delivered",
+    ["partner", "stream"],
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     f"{_NS}_duplicates_skipped_total",
     "Records skipped because their event was already emitted",

@@ -59,6 +59,8 @@ from poller.wiring import wire_partner
 
 log = get_logger(__name__)
 TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture)
+# Each wait between ticks is longer by a random share of the interval, up to this.
+TICK_JITTER = 0.1
 
 
 @dataclass
@@ -383,7 +385,10 @@ class Service:
                     continue
             if once:
                 break
-            if await self._wait(run, stream.interval - (time.monotonic() - started)):
+            # A little jitter in every wait: many partners' ticks spread over the interval
+            # instead of calling upstream together at each one.
+            jitter = random.uniform(0, TICK_JITTER * stream.interval)
+            if await self._wait(run, stream.interval - (time.monotonic() - started) + jitter):
                 break
         return succeeded
 

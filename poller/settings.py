@@ -205,6 +205,12 @@ class ServiceSettings(_Section):
     start_jitter: NonNegativeSeconds = 5.0
 
 
+class BackfillSettings(_Section):
+    # Windows of the range fetched at once: the most upstream calls in flight. Lowered by
+    # itself while the service refuses calls for load (429/503), raised again slowly.
+    concurrency: int = Field(default=4, ge=1, le=16)
+
+
 class _PlainEnvironmentNames(PydanticBaseSettingsSource):
     """The short environment names of design.md §7, mapped onto their keys."""
 
@@ -250,6 +256,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     health: HealthSettings = HealthSettings()
     service: ServiceSettings = ServiceSettings()
+    backfill: BackfillSettings = BackfillSettings()
 
     @classmethod
     def settings_customise_sources(

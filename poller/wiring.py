@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 
 from poller.events import EventBuilder, PiiPolicy
-from poller.glance.client import GlanceClient
+from poller.glance.client import Gate, GlanceClient
 from poller.publisher import Publisher
 from poller.settings import Partner, Settings
 from poller.state import StateStore
@@ -24,8 +24,9 @@ def wire_partner(
     stopping: asyncio.Event,
     *,
     started_enabled: bool,
+    gate: Gate | None = None,
 ) -> Scanner:
-    client = GlanceClient(http, settings.glance, partner, settings.retry)
+    client = GlanceClient(http, settings.glance, partner, settings.retry, gate)
     builder = EventBuilder(partner.id, settings.topics, PiiPolicy.from_settings(settings.events))
     feed = PartnerFeed(partner.id, builder, publisher, state, started_enabled=started_enabled)
     return Scanner(client, feed, settings.glance.page_size, stopping)

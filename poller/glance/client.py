@@ -7,10 +7,12 @@ fault worth retrying, a fatal authentication failure, or an unknown web method.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ssl
 import time
 from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -36,6 +38,8 @@ from poller.window import Window
 
 log = get_logger(__name__)
 T = TypeVar("T")
+# Held around each attempt of a call (the backfill's concurrency limiter: ``poller.limiter``).
+Gate = Callable[[], AbstractAsyncContextManager[object]]
 
 
 def _as_is(d: Any) -> Any:
@@ -159,8 +163,10 @@ class GlanceClient:
         settings: GlanceSettings,
         partner: Partner,
         retry: RetrySettings,
+        gate: Gate | None = None,
     ) -> None:
         self._http = http
+        self._gate: Gate = gate or contextlib.nullcontext
         self._settings = settings
         self._partner = partner
         self._retry = retry
@@ -197,7 +203,8 @@ class GlanceClient:
 
         async for attempt in retrying(self._retry, (RetriableUpstreamError,), note_retry):
             with attempt:
-                return await self._call_once(operation, params, read)
+                async with self._gate():
+                    return await self._call_once(operation, params, read)
         raise AssertionError("unreachable: retrying re-raises the last error")
 
     async def _call_once(

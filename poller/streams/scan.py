@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from poller import metrics
 from poller.cursor import Cursor
 from poller.events import EventType
 from poller.glance.client import GlanceClient
@@ -66,6 +67,7 @@ class Scanner:
         if window is None:
             raise ValueError("the cursor is not in a window")
         outcome = ScanOutcome(cursor)
+        records_read = metrics.RECORDS_READ.labels(str(self.feed.partner_id), stream)
         pages = self.client.session_pages(operation, window, self.page_size, cursor.next_id)
         in_flight: tuple[Sending, SessionPage, Cursor] | None = None
 
@@ -91,6 +93,7 @@ class Scanner:
                     break
                 outcome.pages += 1
                 outcome.served_at = page.served_at
+                records_read.inc(len(page.records))
                 after = (in_flight[2] if in_flight else cursor).after_page(page.next_token)
                 sending = await self.feed.send(
                     page.records,

@@ -179,3 +179,24 @@ async def test_an_event_kafka_refuses_becomes_a_dead_letter_and_the_page_proceed
     assert int(headers["dlq_size"]) > 3000 and len(letter.value) <= 3000
     assert state.already_emitted(1, "completed", [1, 2, 3]) == {1, 2, 3}
     assert outcome.delivered.dead_letters == 1
+
+
+async def test_every_record_read_from_upstream_is_counted_re_reads_included(
+    state: StateStore,
+) -> None:
+    from poller import metrics
+
+    def read() -> float:
+        labels = {"partner": "1", "stream": "completed"}
+        return (
+            metrics.REGISTRY.get_sample_value("glance_poller_upstream_records_read_total", labels)
+            or 0.0
+        )
+
+    before = read()
+    scanner = scanner_for(MemoryUpstream(sessions(10), T0), MemoryPublisher(), state)
+    await scanner.listing(LISTING, "completed", WINDOW)
+    # Read again (an overlap): nothing new is delivered, and the 10 records still count.
+    again = await scanner.listing(LISTING, "completed", WINDOW)
+    assert again.delivered.emitted == 0
+    assert read() - before == 20
