@@ -43,11 +43,8 @@ from poller.errors import (
 from poller.glance.client import upstream_tls
 from poller.glance.dates import to_request
 from poller.health import Health
-<<<<<<< HEAD
 from poller.launch import stop_requested
-=======
 from poller.limiter import ConcurrencyLimiter
->>>>>>> perf
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
