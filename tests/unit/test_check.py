@@ -75,10 +75,11 @@ async def test_an_invalid_config_is_one_failed_row_per_problem(
     assert code == 1
     text = out.getvalue()
     body = text.splitlines()[2:-2]
-    assert len(body) == 2
+    # Every problem, the missing partner too (one bad value hides no other).
+    assert len(body) == 3
     assert all(line.startswith("config") and " FAILED " in line for line in body)
-    assert "glance.base_url: " in text and "mystery: " in text
-    assert text.splitlines()[-1] == "2 check(s) failed"
+    assert "glance.base_url: " in text and "mystery: " in text and "partners: " in text
+    assert text.splitlines()[-1] == "3 check(s) failed"
 
 
 def test_options_and_their_defaults() -> None:
