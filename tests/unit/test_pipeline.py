@@ -614,7 +614,7 @@ async def test_a_listing_reads_its_whole_window_and_commits_no_cursor(state: Sta
 
 async def test_a_cursor_outside_any_window_cannot_be_scanned(state: StateStore) -> None:
     scanner, _ = scan_of(MemoryUpstream(sessions(1), T0), state)
-    with pytest.raises(ValueError, match="not in a window"):
+    with pytest.raises(ValueError, match=r"^the cursor is not in a window$"):
         await scanner.scan(LISTING, "completed", Cursor(T0), "completed")
 
 
@@ -634,3 +634,50 @@ async def test_a_repeated_page_token_in_a_listing_commits_no_cursor(state: State
     outcome = await scanner.listing(LISTING, "completed", WINDOW)
     assert outcome.cursor == Cursor(WINDOW.end) and not outcome.complete
     assert state.cursor(1, "completed") is None
+
+
+class ScriptedUpstream(MemoryUpstream):
+    """Answers with the pages it is given, in order, whatever their content; notes the page
+    size asked for."""
+
+    def __init__(self, pages: list[list[Session]]) -> None:
+        super().__init__([s for page in pages for s in page], T0)
+        self.pages = pages
+        self.sizes: list[int] = []
+
+    async def session_pages(  # type: ignore[override]
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        for number, chunk in enumerate(self.pages[start_token:], start_token):
+            self.sizes.append(page_size)
+            records = [SourceRecord("agent", "puid", s.record()) for s in chunk]
+            more = number + 1 < len(self.pages)
+            yield SessionPage(number, number + 1 if more else 0, records, served_at=self.now)
+
+
+async def test_a_session_on_two_pipelined_pages_is_sent_once(state: StateStore) -> None:
+    one, two, three = sessions(3)
+    upstream = ScriptedUpstream([[one, two], [two, three]])
+    scanner, publisher = scan_of(upstream, state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW)
+    assert publisher.session_ids(COMPLETED) == [1, 2, 3]
+    assert outcome.delivered == Delivered(records=4, emitted=3, duplicates=1)
+
+
+async def test_the_scan_asks_for_its_own_page_size(state: StateStore) -> None:
+    upstream = ScriptedUpstream([sessions(2), sessions(2, 3)])
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    await Scanner(upstream, feed, 2, asyncio.Event()).listing(LISTING, "completed", WINDOW)  # type: ignore[arg-type]
+    assert upstream.sizes == [2, 2]
+
+
+async def test_a_bad_record_without_a_start_is_counted_in_the_scanned_window(
+    state: StateStore,
+) -> None:
+    bad = Session(2, T0 - H, 60, {"startTime": "yesterday"})
+    upstream = ScriptedUpstream([[Session(1, T0 - H, 60), bad]])
+    scanner, _ = scan_of(upstream, state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW)
+    assert outcome.delivered.dead_letters == 1
+    assert state.count_emitted(1, "completed", Window(WINDOW.start, WINDOW.start + S)) == 1
