@@ -656,3 +656,36 @@ def test_dates_are_utc_whatever_the_hosts_zone(tmp_path: Path) -> None:
     target = move_aside(path)
     stamp = datetime.strptime(target.name.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ")
     assert abs(stamp.replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+def test_each_refusal_says_what_is_wrong_and_the_way_out(tmp_path: Path) -> None:
+    recover = StateError.RECOVER
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    expected = {
+        folder: f"state file {folder} is not a regular file: give state.path a file's name",
+        empty: f"state file {empty} is empty (zero bytes): it is damaged or was never "
+        f"written: {recover}",
+    }
+    cases = {
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version'": "was written by a newer "
+        "glance-poller (state schema 2; this version reads up to 1): run the newer "
+        "glance-poller, or restore a backup of the state file",
+        "PRAGMA application_id = 7": "is an SQLite file that glance-poller did not write: "
+        + recover,
+        "DROP TABLE emitted": f"is damaged (table 'emitted' is missing or altered): {recover}",
+        "UPDATE meta SET value = 'x' WHERE key = 'schema_version'": "is damaged (schema "
+        f"version 'x'): {recover}",
+    }
+    for number, (statement, problem) in enumerate(cases.items()):
+        folder_of_case = tmp_path / str(number)
+        folder_of_case.mkdir()
+        path = stored(folder_of_case, statement)
+        expected[path] = f"state file {path} {problem}"
+    for path, message in expected.items():
+        for opener in (StateStore.open, StateStore.read_only):
+            with pytest.raises(StateError) as caught:
+                opener(path)
+            assert str(caught.value) == message
