@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -13,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.errors import BadRecord
-from poller.events import EVENT_ID_NAMESPACE, EventBuilder, PiiPolicy, event_id
+from poller.events import EVENT_ID_NAMESPACE, CountsSnapshot, EventBuilder, PiiPolicy, event_id
 from poller.glance.dates import parse_returned, returned_for_event, to_event
 from poller.glance.records import SourceRecord, parse_session_page
-from poller.settings import TopicSettings
+from poller.settings import EventSettings, TopicSettings
+from poller.window import Window
 
 TOPICS = TopicSettings()
 
@@ -299,3 +302,249 @@ def test_dead_letters_follow_the_pii_policy(mode: str) -> None:
 def test_an_id_of_zero_is_a_dead_letter_not_an_event() -> None:
     with pytest.raises(BadRecord, match="id"):
         build(raw_session(id=0))
+
+
+# Field by field: what a consumer may rely on in a session, and what becomes a dead letter
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"type": 1}, "type is not a string"),
+        ({"status": ["C"]}, "status is not a string"),
+        ({"width": "1"}, "width is not a number"),
+        ({"height": True}, "height is not a number"),
+        ({"kbytes": {}}, "kbytes is not a number"),
+        ({"isReverse": 0}, "isReverse is not a boolean"),
+        ({"key": True}, "key is not text"),
+        ({"key": 1.5}, "key is not text"),
+        ({"duration": float("inf")}, "duration is missing"),
+        ({"duration": float("nan")}, "duration is missing"),
+        ({"duration": None}, "duration is missing"),
+        ({"duration": True}, "duration is missing"),
+        ({"duration": 1e300}, "duration is out of range"),
+        ({"id": -4}, "id is missing or not a positive integer"),
+        ({"guests": ["x"]}, "guests[0] is not an object"),
+        ({"guests": [{}, {"duration": "1"}]}, "guests[1].duration is not a number"),
+        ({"guests": [{"kbytes": "1"}]}, "guests[0].kbytes is not a number"),
+        ({"guests": [{"kbytes": False}]}, "guests[0].kbytes is not a number"),
+        ({"guests": [{"location": "here"}]}, "guests[0].location is not an object"),
+        ({"guests": [{"startTime": "later"}]}, "guests[0].startTime is not a date"),
+        ({"guests": {}}, "guests is not a list"),
+    ],
+)
+def test_the_reason_of_a_dead_letter_names_the_field(
+    overrides: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(BadRecord) as caught:
+        build(raw_session(**overrides))
+    assert caught.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"type": None, "status": None, "width": None, "height": None, "kbytes": None},
+        {"isReverse": None, "key": None, "guests": None},
+        {"width": 1.5, "height": 2, "kbytes": 0.5, "isReverse": True, "duration": 0},
+        {"key": "k-1", "duration": 2.5},
+        {"guests": [{"duration": 1.5, "kbytes": 2, "location": None, "startTime": None}]},
+    ],
+)
+def test_what_upstream_may_leave_out_or_vary_still_makes_an_event(
+    overrides: dict[str, Any],
+) -> None:
+    session = build(raw_session(**overrides))
+    for name, value in overrides.items():
+        if name not in ("key", "guests"):
+            assert session[name] == value
+
+
+def test_an_integer_key_becomes_text_and_text_stays_as_it_is() -> None:
+    assert build(raw_session(key=6684))["key"] == "6684"
+    assert build(raw_session(key="abc"))["key"] == "abc"
+    assert "key" in build(raw_session(key=None)) and build(raw_session(key=None))["key"] is None
+
+
+def test_the_end_of_a_completed_session_is_its_start_plus_its_duration() -> None:
+    session = build(raw_session(startTime="2020-02-12T11:41:12Z", duration=0.5))
+    assert session["endTime"] == "2020-02-12T11:41:12.500Z"
+
+
+def test_a_guest_location_loses_its_type_tag_and_the_record_is_untouched() -> None:
+    location = {"__type": "Location", "city": "Boston"}
+    guest = {"__type": "Guest", "location": location, "startTime": "/Date(1581507672000)/"}
+    raw = raw_session(guests=[guest])
+    (shown,) = build(raw)["guests"]
+    assert shown == {"location": {"city": "Boston"}, "startTime": "2020-02-12T11:41:12Z"}
+    assert raw["guests"][0]["location"] == {"__type": "Location", "city": "Boston"}
+    assert raw["guests"][0]["__type"] == "Guest"
+    plain = build(raw_session(guests=[{"location": {"city": "Boston"}}]))["guests"][0]
+    assert plain["location"] == {"city": "Boston"}
+
+
+def test_a_started_event_says_whether_the_session_was_seen_open() -> None:
+    raw = raw_session(duration=None, status="A")
+    for observed in (True, False):
+        event = builder().started(SourceRecord("u", "p", raw), observed_active=observed)
+        body = orjson.loads(event.value)
+        assert body["observedActive"] is observed
+        assert "endTime" not in body["session"] and body["session"]["duration"] is None
+        headers = dict(event.headers)
+        assert headers["ce_type"] == b"net.glance.session.started"
+        assert headers["ce_time"] == body["session"]["startTime"].encode()
+        assert headers["ce_id"] == event_id(12345, 99, "started").encode()
+        assert event.topic == TOPICS.started and event.key == b"99"
+    with pytest.raises(BadRecord, match="duration is not a number"):
+        builder().started(SourceRecord("u", "p", raw_session(duration="1")), observed_active=True)
+
+
+def test_a_completed_event_carries_its_headers_and_no_observed_flag() -> None:
+    event = builder().completed(SourceRecord("u", "p", raw_session()))
+    body = orjson.loads(event.value)
+    assert "observedActive" not in body
+    assert (body["partnerId"], body["userName"], body["partnerUserId"]) == (12345, "u", "p")
+    assert event.headers == [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", event_id(12345, 99, "completed").encode()),
+        ("ce_source", b"/glance/partners/12345"),
+        ("ce_type", b"net.glance.session.completed"),
+        ("ce_time", b"2020-02-12T11:43:39Z"),
+        ("ce_subject", b"99"),
+        ("content-type", b"application/json"),
+    ]
+    assert event.session_id == 99
+    assert event.start_time == datetime(2020, 2, 12, 11, 41, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("user", "puid"), [(1, None), (None, 2)])
+def test_users_that_are_not_text_are_bad_records(user: Any, puid: Any) -> None:
+    with pytest.raises(BadRecord, match="is not a string"):
+        builder().completed(SourceRecord(user, puid, raw_session()))
+    event = builder().completed(SourceRecord(None, None, raw_session()))
+    assert orjson.loads(event.value)["userName"] is None
+
+
+def test_a_dead_letter_without_an_id_or_users_has_no_key_nor_user_headers() -> None:
+    letter = builder().dead_letter(SourceRecord(3, None, {"id": "7"}), "bad", "Op")
+    assert letter.key is None and letter.session_id is None
+    assert "dlq_user_name" not in dict(letter.headers)
+    assert "dlq_partner_user_id" not in dict(letter.headers)
+    listed = builder().dead_letter(SourceRecord("u", "p", ["not", "a", "record"]), "bad", "Op")
+    assert listed.key is None and orjson.loads(listed.value) == ["not", "a", "record"]
+
+
+# PII
+
+
+def test_hashing_is_keyed_sha256_and_leaves_missing_values_missing() -> None:
+    policy = PiiPolicy("hash", "pepper")
+    guest: dict[str, Any] = {"name": "Jane", "email": None, "type": "visitor"}
+    policy.apply(guest)
+    expected = hmac.new(b"pepper", b"Jane", hashlib.sha256).hexdigest()
+    assert guest == {"name": f"sha256:{expected}", "email": None, "type": "visitor"}
+
+
+def test_pii_is_applied_to_every_guest_by_the_policy_from_the_settings() -> None:
+    hashed = PiiPolicy.from_settings(EventSettings(pii="hash", pii_salt="s"))  # type: ignore[arg-type]
+    assert hashed.mode == "hash"
+    guests = [{"name": "A"}, {"name": "B", "phone": "1"}]
+    shown = build(raw_session(guests=guests), hashed)["guests"]
+    assert all(g["name"].startswith("sha256:") for g in shown)
+    assert (
+        shown[1]["phone"]
+        == PiiPolicy("hash", "s").scrubbed({"guests": [{"phone": "1"}]})["guests"][0]["phone"]
+    )
+    dropped = PiiPolicy.from_settings(EventSettings(pii="drop"))
+    assert build(raw_session(guests=guests), dropped)["guests"] == [{}, {}]
+    kept = PiiPolicy.from_settings(EventSettings())
+    assert build(raw_session(guests=guests), kept)["guests"] == guests
+
+
+def test_scrubbing_leaves_what_is_not_shaped_like_guests() -> None:
+    policy = PiiPolicy("drop")
+    for raw in ("text", {"guests": "none"}, {"other": 1}, None):
+        assert policy.scrubbed(raw) == raw
+    raw = {"guests": [{"name": "A"}], "id": 1}
+    assert PiiPolicy("keep").scrubbed(raw) is raw
+    assert policy.scrubbed(raw) == {"guests": [{}], "id": 1}
+    assert raw == {"guests": [{"name": "A"}], "id": 1}
+
+
+# Dead letters for what Kafka refused, and counts snapshots
+
+
+def test_a_refused_event_becomes_a_letter_that_fits_and_says_so() -> None:
+    event = builder().completed(SourceRecord("u", "p", raw_session()))
+    size = len(event.value)
+    cut = builder().refused(event, "too large", "Op", 4096 + 2 * 100)
+    body = orjson.loads(cut.value)
+    assert body == {
+        "partnerId": 12345,
+        "sessionId": 99,
+        "size": size,
+        "truncated": True,
+        "value": event.value[:100].decode(),
+    }
+    assert cut.headers == [
+        ("dlq_reason", b"too large"),
+        ("dlq_partner_id", b"12345"),
+        ("dlq_operation", b"Op"),
+        ("dlq_session_id", b"99"),
+        ("dlq_event_type", b"net.glance.session.completed"),
+        ("dlq_size", str(size).encode()),
+        ("content-type", b"application/json"),
+        ("dlq_truncated", b"true"),
+    ]
+    assert (cut.topic, cut.key, cut.session_id, cut.start_time) == (
+        TOPICS.dlq,
+        b"99",
+        99,
+        event.start_time,
+    )
+    assert len(cut.value) <= 4096 + 200
+    whole = builder().refused(event, "invalid", "Op", 4096 + 2 * size)
+    assert orjson.loads(whole.value)["truncated"] is False
+    assert orjson.loads(whole.value)["value"] == event.value.decode()
+    assert "dlq_truncated" not in dict(whole.headers)
+    tiny = builder().refused(event, "invalid", "Op", 100)
+    assert orjson.loads(tiny.value)["value"] == "" and orjson.loads(tiny.value)["truncated"]
+
+
+def test_a_counts_snapshot_is_one_event_per_instant() -> None:
+    as_of = datetime(2026, 3, 10, 12, 30, tzinfo=UTC)
+    day = Window(datetime(2026, 3, 10, tzinfo=UTC), datetime(2026, 3, 11, tzinfo=UTC))
+    active = [{"type": "C", "status": "A", "count": 2}, {"type": "V", "status": "A", "count": 1}]
+    completed = [{"type": "C", "status": "C", "count": 5}]
+    event = builder().counts(CountsSnapshot(as_of, day, active, completed))
+    assert orjson.loads(event.value) == {
+        "partnerId": 12345,
+        "asOf": "2026-03-10T12:30:00Z",
+        "day": "2026-03-10",
+        "rangeStart": "2026-03-10T00:00:00Z",
+        "rangeEnd": "2026-03-11T00:00:00Z",
+        "active": active,
+        "completed": completed,
+        "totals": {"active": 3, "completed": 5},
+    }
+    ce_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, "12345/counts/2026-03-10T12:30:00Z"))
+    assert event.headers == [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", b"/glance/partners/12345"),
+        ("ce_type", b"net.glance.session.counts"),
+        ("ce_time", b"2026-03-10T12:30:00Z"),
+        ("ce_subject", b"12345"),
+        ("content-type", b"application/json"),
+    ]
+    assert (event.topic, event.key, event.session_id) == (TOPICS.counts, b"12345", None)
+
+
+def test_every_pii_field_is_handled_whichever_are_present() -> None:
+    for mode, expected in (("drop", {"type": "v"}), ("keep", {"ip": "1.2.3.4", "type": "v"})):
+        guest = {"ip": "1.2.3.4", "type": "v"}
+        PiiPolicy(mode).apply(guest)  # type: ignore[arg-type]
+        assert guest == expected, mode
+    guest = {"phone": "555", "type": "v"}
+    PiiPolicy("hash", "s").apply(guest)
+    assert guest["phone"].startswith("sha256:") and guest["type"] == "v"

@@ -6,18 +6,23 @@ pipelined yet committed in order; dead letters are remembered once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import AsyncGenerator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
+from poller import metrics
 from poller.cursor import Cursor
 from poller.errors import PublishFailed
-from poller.events import EventBuilder, PiiPolicy, event_id
+from poller.events import CE_TYPE_PREFIX, EventBuilder, PiiPolicy, event_id
+from poller.glance.paging import Paginator
+from poller.glance.records import SessionPage, SourceRecord
 from poller.settings import TopicSettings
-from poller.state import StateStore
-from poller.streams.feed import PartnerFeed
+from poller.state import Forget, StateStore
+from poller.streams.feed import Delivered, PartnerFeed, memory_key, record_id
 from poller.streams.scan import Scanner
 from poller.window import Window
 from tests.unit.fakes import T0, MemoryPublisher, MemoryUpstream, Session
@@ -25,7 +30,9 @@ from tests.unit.fakes import T0, MemoryPublisher, MemoryUpstream, Session
 LISTING = "PartnerCompletedSessions"
 COMPLETED = TopicSettings().completed
 DLQ = TopicSettings().dlq
+TOPICS = TopicSettings()
 H = timedelta(hours=1)
+S = timedelta(seconds=1)
 WINDOW = Window(T0 - 2 * H, T0)
 
 
@@ -200,3 +207,498 @@ async def test_every_record_read_from_upstream_is_counted_re_reads_included(
     again = await scanner.listing(LISTING, "completed", WINDOW)
     assert again.delivered.emitted == 0
     assert read() - before == 20
+
+
+# The feed on its own: what a record is remembered by (stable across releases and date wire
+# forms), where a record without a start is counted, the started event of a session first
+# seen ended (acknowledged before its completed one), and the metrics a settled page moves.
+
+
+def record(raw: Any) -> SourceRecord:
+    return SourceRecord("agent", "puid", raw)
+
+
+def session(session_id: int, **extra: Any) -> SourceRecord:
+    return record(Session(session_id, T0 - H, 60, extra).record())
+
+
+def feed_for(
+    state: StateStore,
+    publisher: MemoryPublisher,
+    partner_id: int = 1,
+    *,
+    started_enabled: bool = True,
+) -> PartnerFeed:
+    builder = EventBuilder(partner_id, TOPICS, PiiPolicy("keep"))
+    return PartnerFeed(partner_id, builder, publisher, state, started_enabled=started_enabled)
+
+
+# What a record is remembered by
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"id": 7}, 7),
+        ({"id": 1}, 1),
+        ({"id": 0}, None),
+        ({"id": -3}, None),
+        ({"id": True}, None),
+        ({"id": "7"}, None),
+        ({"id": 7.0}, None),
+        ({}, None),
+        ([7], None),
+        (None, None),
+    ],
+)
+def test_only_a_positive_integer_is_a_session_id(raw: Any, expected: int | None) -> None:
+    assert record_id(record(raw)) == expected
+    if expected is not None:
+        assert memory_key(record(raw)) == expected
+
+
+def test_a_record_without_an_id_is_remembered_by_a_stable_negative_key() -> None:
+    raw = {"id": None, "startTime": "2026-03-10T12:00:00Z", "guests": [{"name": "a"}]}
+    key = memory_key(record(raw))
+    # Stored in the state: it must not change between releases (or every id-less record
+    # is dead-lettered again after an upgrade), and it must fit SQLite's signed 64 bits.
+    assert key == -7470788864974305823
+    assert -(2**63) <= key < 0
+    # The key order of the JSON object does not matter; its content does.
+    assert memory_key(record(dict(reversed(raw.items())))) == key
+    assert memory_key(record({**raw, "guests": [{"name": "b"}]})) != key
+    # The user it was listed under is not part of it.
+    assert memory_key(SourceRecord("other", None, raw)) == key
+
+
+def test_a_record_without_an_id_has_one_key_whatever_the_wire_form_of_its_dates() -> None:
+    iso = {"id": "x", "startTime": "2026-03-10T12:00:00Z", "endTime": "2026-03-10T12:01:00Z"}
+    asmx = {"id": "x", "startTime": "/Date(1773144000000)/", "endTime": "/Date(1773144060000)/"}
+    offset = {
+        "id": "x",
+        "startTime": "/Date(1773144000000+0100)/",
+        "endTime": "/Date(1773144060000-0500)/",
+    }
+    key = memory_key(record(iso))
+    assert memory_key(record(asmx)) == key == memory_key(record(offset))
+    assert memory_key(record({**asmx, "endTime": "/Date(1773144061000)/"})) != key
+
+
+def test_an_unreadable_asmx_date_still_gives_a_stable_key() -> None:
+    raw = {"startTime": "/Date(99999999999999999999)/"}
+    key = memory_key(record(raw))
+    assert key < 0 and memory_key(record(dict(raw))) == key
+    assert key != memory_key(record({"startTime": "/Date(99999999999999999998)/"}))
+    # Kept as it was: not confused with a record holding the bare number.
+    number = 9999999999999999
+    assert memory_key(record({"startTime": f"/Date({number})/"})) != memory_key(
+        record({"startTime": number})
+    )
+
+
+# Dead letters and where they are counted
+
+
+async def test_a_bad_record_is_counted_in_the_window_it_was_listed_in(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    bad = session(5, startTime="yesterday")
+    delivered = await feed.deliver([bad], "completed", "PartnerCompletedSessions", None, WINDOW)
+    assert delivered.dead_letters == 1 and delivered.emitted == 0
+    assert state.already_emitted(1, "completed", [5]) == {5}
+    # Upstream listed it in WINDOW, so its start is taken as the window's start.
+    assert state.count_emitted(1, "completed", Window(WINDOW.start, WINDOW.start + S)) == 1
+    (letter,) = publisher.acknowledged
+    assert letter.topic == TOPICS.dlq
+    assert dict(letter.headers)["dlq_operation"] == b"PartnerCompletedSessions"
+
+
+async def test_a_bad_record_listed_in_no_window_is_counted_now(state: StateStore) -> None:
+    feed = feed_for(state, MemoryPublisher(), started_enabled=False)
+    before = datetime.now(UTC).replace(microsecond=0)
+    await feed.deliver([session(5, startTime="yesterday")], "completed", "Op")
+    after = datetime.now(UTC) + S
+    assert state.count_emitted(1, "completed", Window(before, after)) == 1
+
+
+async def test_a_bad_record_with_a_start_is_counted_at_its_start(state: StateStore) -> None:
+    feed = feed_for(state, MemoryPublisher(), started_enabled=False)
+    bad = session(5, guests="nobody")
+    delivered = await feed.deliver([bad], "completed", "Op", None, WINDOW)
+    assert delivered.dead_letters == 1
+    assert state.count_emitted(1, "completed", Window(T0 - H, T0 - H + S)) == 1
+    assert state.count_emitted(1, "completed", Window(WINDOW.start, WINDOW.start + S)) == 0
+
+
+async def test_the_records_after_a_bad_one_are_still_sent(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    page = [session(1), session(2, startTime="yesterday"), session(3)]
+    delivered = await feed.deliver(page, "completed", "Op", None, WINDOW)
+    assert publisher.session_ids(TOPICS.completed) == [1, 3]
+    assert delivered == Delivered(records=3, emitted=2, dead_letters=1)
+    assert state.already_emitted(1, "completed", [1, 2, 3]) == {1, 2, 3}
+
+
+async def test_a_commit_through_the_feed_forgets_old_ids(state: StateStore) -> None:
+    feed = feed_for(state, MemoryPublisher(), started_enabled=False)
+    await feed.deliver([session(1)], "completed", "Op")
+    feed.commit(forget=Forget(("completed",), T0))
+    assert state.already_emitted(1, "completed", [1]) == set()
+
+
+async def test_the_same_record_twice_in_one_page_is_sent_once(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    delivered = await feed.deliver([session(1), session(1), session(2)], "completed", "Op")
+    assert publisher.session_ids(TOPICS.completed) == [1, 2]
+    assert delivered == Delivered(records=3, emitted=2, duplicates=1)
+
+
+async def test_a_page_sent_meanwhile_is_not_sent_again_before_it_is_committed(
+    state: StateStore,
+) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    first = await feed.send([session(1), session(2)], "completed", "Op")
+    second = await feed.send([session(2), session(3)], "completed", "Op", in_flight=first)
+    assert (await feed.settle(first)).emitted == 2
+    assert await feed.settle(second) == Delivered(records=2, emitted=1, duplicates=1)
+    assert publisher.session_ids(TOPICS.completed) == [1, 2, 3]
+
+
+async def test_the_page_cursors_are_committed_with_its_ids(state: StateStore) -> None:
+    feed = feed_for(state, MemoryPublisher(), started_enabled=False)
+    cursor = Cursor(WINDOW.start, WINDOW, 2)
+    await feed.deliver([session(1), session(2)], "completed", "Op", {"completed": cursor})
+    assert state.cursor(1, "completed") == cursor
+    assert state.already_emitted(1, "completed", [1, 2]) == {1, 2}
+
+
+# The started event of a session first seen already ended
+
+
+async def test_a_session_first_seen_ended_gets_its_started_event_first(
+    state: StateStore,
+) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher)
+    delivered = await feed.deliver([session(1), session(2)], "completed", "Op")
+    assert [(e.topic, e.session_id) for e in publisher.acknowledged] == [
+        (TOPICS.started, 1),
+        (TOPICS.started, 2),
+        (TOPICS.completed, 1),
+        (TOPICS.completed, 2),
+    ]
+    # Acknowledged before the completed events were even handed over.
+    assert publisher.log == [("sent", 2), ("acked", 2), ("sent", 2), ("acked", 2)]
+    started = [orjson.loads(e.value) for e in publisher.acknowledged[:2]]
+    assert [body["observedActive"] for body in started] == [False, False]
+    assert delivered.started_on_completion == 2 and delivered.emitted == 2
+    assert state.already_emitted(1, "started", [1, 2]) == {1, 2}
+    assert state.count_emitted(1, "started", WINDOW) == 2
+
+
+async def test_a_session_seen_started_gets_no_second_started_event(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher)
+    await feed.deliver([session(1)], "started", "PartnerActiveSessions")
+    delivered = await feed.deliver([session(1), session(2)], "completed", "Op")
+    assert publisher.session_ids(TOPICS.started) == [1, 2]
+    assert publisher.session_ids(TOPICS.completed) == [1, 2]
+    assert delivered.started_on_completion == 1
+
+
+async def test_no_started_event_when_the_started_stream_is_off(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    delivered = await feed.deliver([session(1)], "completed", "Op")
+    assert publisher.session_ids(TOPICS.started) == []
+    assert delivered.started_on_completion == 0
+    assert state.already_emitted(1, "started", [1]) == set()
+
+
+async def test_the_started_stream_is_on_unless_turned_off(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    builder = EventBuilder(1, TOPICS, PiiPolicy("keep"))
+    await PartnerFeed(1, builder, publisher, state).deliver([session(1)], "completed", "Op")
+    assert publisher.session_ids(TOPICS.started) == [1]
+
+
+async def test_a_bad_or_duplicate_record_gets_no_started_event(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher)
+    await feed.deliver([session(1)], "completed", "Op")
+    bad = session(2, startTime="yesterday")
+    delivered = await feed.deliver([session(1), bad], "completed", "Op")
+    assert publisher.session_ids(TOPICS.started) == [1]
+    assert delivered.started_on_completion == 0 and delivered.dead_letters == 1
+
+
+async def test_only_the_completed_stream_adds_started_events(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher)
+    delivered = await feed.deliver([session(1)], "started", "PartnerActiveSessions")
+    assert [e.topic for e in publisher.acknowledged] == [TOPICS.started]
+    assert orjson.loads(publisher.acknowledged[0].value)["observedActive"] is True
+    assert delivered.started_on_completion == 0
+
+
+async def test_a_refused_started_event_is_dead_lettered_before_the_completed_is_sent(
+    state: StateStore,
+) -> None:
+    publisher = MemoryPublisher(max_event_bytes=3000)
+    feed = feed_for(state, publisher)
+    big = session(2, guests=[{"name": "x" * 100} for _ in range(50)])
+    await feed.deliver([big], "completed", "Op")
+    letters = [e for e in publisher.acknowledged if e.topic == TOPICS.dlq]
+    assert [dict(e.headers)["dlq_event_type"] for e in letters] == [
+        f"{CE_TYPE_PREFIX}started".encode(),
+        f"{CE_TYPE_PREFIX}completed".encode(),
+    ]
+    assert all(len(e.value) <= 3000 for e in letters)
+    assert state.already_emitted(1, "started", [2]) == {2}
+
+
+# Metrics
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_settled_page_moves_the_metrics(state: StateStore) -> None:
+    partner = 4242
+    labels = {"partner": str(partner), "stream": "completed"}
+    names = {
+        "pages": "glance_poller_pages_fetched_total",
+        "sessions": "glance_poller_sessions_fetched_total",
+        "duplicates": "glance_poller_duplicates_skipped_total",
+        "dead_letters": "glance_poller_dead_letters_total",
+    }
+    topics = [TOPICS.completed, TOPICS.started, TOPICS.dlq]
+    produced = "glance_poller_events_produced_total"
+
+    def snapshot() -> dict[str, float]:
+        values = {key: sample(name, **labels) for key, name in names.items()}
+        values.update({t: sample(produced, partner=str(partner), topic=t) for t in topics})
+        return values
+
+    publisher = MemoryPublisher(max_event_bytes=3000)
+    feed = feed_for(state, publisher, partner, started_enabled=False)
+    await feed.deliver([session(1)], "completed", "Op")
+    before = snapshot()
+    big = session(3, guests=[{"name": "x" * 100} for _ in range(50)])
+    page = [session(1), session(2), big, session(4, startTime="yesterday")]
+    await feed.deliver(page, "completed", "Op")
+    after = snapshot()
+    assert {key: after[key] - before[key] for key in after} == {
+        "pages": 1,
+        "sessions": 4,
+        "duplicates": 1,
+        "dead_letters": 2,
+        # Session 3 was refused: not counted as produced on the completed topic.
+        TOPICS.completed: 1,
+        TOPICS.started: 0,
+        TOPICS.dlq: 1,
+    }
+
+
+def test_delivered_adds_up_and_logs_every_count() -> None:
+    total = Delivered(1, 2, 3, 4, 5)
+    total.add(Delivered(10, 20, 30, 40, 50))
+    assert total.as_log() == {
+        "records": 11,
+        "emitted": 22,
+        "duplicates": 33,
+        "dead_letters": 44,
+        "started_on_completion": 55,
+    }
+
+
+# The scan on its own: how far it reads, what it commits, and how it ends.
+
+
+class RepeatingUpstream(MemoryUpstream):
+    """Answers its second page with the ``nextId`` it already gave: a loop the scan ends."""
+
+    async def session_pages(  # type: ignore[override]
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        paginator = Paginator(start_token)
+        listed = self._listed(operation, window)
+        while not paginator.finished:
+            token = paginator.token
+            self.calls.append((operation, window, token))
+            chunk = [s for s in listed if s.id > token][: self.page_size]
+            records = [SourceRecord("agent", "puid", s.record()) for s in chunk]
+            paginator.advance(self.page_size)  # the same token every time
+            yield SessionPage(token, self.page_size, records, served_at=self.now)
+
+
+def scan_of(
+    upstream: MemoryUpstream, state: StateStore, stopping: asyncio.Event | None = None
+) -> tuple[Scanner, MemoryPublisher]:
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    scanner = Scanner(upstream, feed, upstream.page_size, stopping or asyncio.Event())  # type: ignore[arg-type]
+    return scanner, publisher
+
+
+async def test_a_whole_window_is_read_and_its_pages_counted(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(8), T0 + H)
+    scanner, publisher = scan_of(upstream, state)
+    outcome = await scanner.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed")
+    assert outcome.complete and outcome.pages == 3 and outcome.served_at == T0 + H
+    assert outcome.delivered == Delivered(records=8, emitted=8)
+    assert publisher.session_ids(COMPLETED) == list(range(1, 9))
+    assert [token for _, _, token in upstream.calls] == [0, 3, 6]
+    assert all(window == WINDOW for _, window, _ in upstream.calls)
+
+
+async def test_a_scan_reads_at_most_max_pages_and_resumes_there(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(9), T0)
+    scanner, publisher = scan_of(upstream, state)
+    start = Cursor(WINDOW.start, WINDOW)
+    outcome = await scanner.scan(LISTING, "completed", start, "completed", max_pages=2)
+    assert outcome.pages == 2 and not outcome.complete
+    assert outcome.cursor == Cursor(WINDOW.start, WINDOW, 6) == state.cursor(1, "completed")
+    assert publisher.session_ids(COMPLETED) == list(range(1, 7))
+    rest = await scanner.scan(LISTING, "completed", outcome.cursor, "completed")
+    assert rest.complete and rest.pages == 1 and rest.cursor == Cursor(WINDOW.end)
+    assert publisher.session_ids(COMPLETED) == list(range(1, 10))
+
+
+async def test_a_stop_finishes_every_page_handed_to_kafka(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(9), T0)
+    stopping = asyncio.Event()
+    scanner, publisher = scan_of(upstream, state, stopping)
+    outcome = await scanner.scan(
+        LISTING,
+        "completed",
+        Cursor(WINDOW.start, WINDOW),
+        "completed",
+        on_page=lambda page, delivered, after: stopping.set(),
+    )
+    # Page 2 was already sent when page 1 settled and the stop came: it is settled too.
+    assert outcome.pages == 2 and not outcome.complete
+    assert outcome.cursor == Cursor(WINDOW.start, WINDOW, 6) == state.cursor(1, "completed")
+    assert publisher.session_ids(COMPLETED) == list(range(1, 7))
+    assert state.already_emitted(1, "completed", range(1, 10)) == set(range(1, 7))
+
+
+async def test_a_scan_asked_to_stop_reads_nothing(state: StateStore) -> None:
+    stopping = asyncio.Event()
+    stopping.set()
+    scanner, publisher = scan_of(MemoryUpstream(sessions(3), T0), state, stopping)
+    start = Cursor(WINDOW.start, WINDOW)
+    outcome = await scanner.scan(LISTING, "completed", start, "completed")
+    assert outcome.pages == 0 and not outcome.complete and outcome.cursor == start
+    assert publisher.handed == [] and state.cursor(1, "completed") is None
+
+
+async def test_the_other_cursors_are_committed_beside_each_page(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(4), T0)
+    scanner, _ = scan_of(upstream, state)
+    beside = Cursor(T0 - H)
+    await scanner.scan(
+        LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed", also={"other": beside}
+    )
+    assert state.cursor(1, "other") == beside
+    assert state.cursor(1, "completed") == Cursor(WINDOW.end)
+
+
+async def test_a_scan_without_a_cursor_name_commits_only_ids_and_the_others(
+    state: StateStore,
+) -> None:
+    scanner, _ = scan_of(MemoryUpstream(sessions(4), T0), state)
+    beside = Cursor(T0 - H)
+    outcome = await scanner.scan(
+        LISTING, "completed", Cursor(WINDOW.start, WINDOW), also={"other": beside}
+    )
+    assert outcome.cursor == Cursor(WINDOW.end) and outcome.complete
+    assert state.cursor(1, "completed") is None and state.cursor(1, "other") == beside
+    assert state.already_emitted(1, "completed", range(1, 5)) == {1, 2, 3, 4}
+
+
+async def test_a_listing_reads_its_whole_window_and_commits_no_cursor(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(4), T0)
+    scanner, _ = scan_of(upstream, state)
+    seen: list[int] = []
+    outcome = await scanner.listing(
+        LISTING, "completed", WINDOW, on_page=lambda page, d, after: seen.append(d.emitted)
+    )
+    assert outcome.complete and seen == [3, 1]
+    assert [token for _, _, token in upstream.calls] == [0, 3]
+    assert state.cursor(1, "completed") is None
+
+
+async def test_a_cursor_outside_any_window_cannot_be_scanned(state: StateStore) -> None:
+    scanner, _ = scan_of(MemoryUpstream(sessions(1), T0), state)
+    with pytest.raises(ValueError, match=r"^the cursor is not in a window$"):
+        await scanner.scan(LISTING, "completed", Cursor(T0), "completed")
+
+
+async def test_a_repeated_page_token_ends_the_window_after_settling(state: StateStore) -> None:
+    upstream = RepeatingUpstream(sessions(9), T0)
+    scanner, publisher = scan_of(upstream, state)
+    outcome = await scanner.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed")
+    assert outcome.pages == 1 and not outcome.complete
+    assert publisher.session_ids(COMPLETED) == [1, 2, 3]
+    assert state.already_emitted(1, "completed", range(1, 10)) == {1, 2, 3}
+    # The window is given up, not looped over: the cursor moves past it.
+    assert outcome.cursor == Cursor(WINDOW.end) == state.cursor(1, "completed")
+
+
+async def test_a_repeated_page_token_in_a_listing_commits_no_cursor(state: StateStore) -> None:
+    scanner, _ = scan_of(RepeatingUpstream(sessions(9), T0), state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW)
+    assert outcome.cursor == Cursor(WINDOW.end) and not outcome.complete
+    assert state.cursor(1, "completed") is None
+
+
+class ScriptedUpstream(MemoryUpstream):
+    """Answers with the pages it is given, in order, whatever their content; notes the page
+    size asked for."""
+
+    def __init__(self, pages: list[list[Session]]) -> None:
+        super().__init__([s for page in pages for s in page], T0)
+        self.pages = pages
+        self.sizes: list[int] = []
+
+    async def session_pages(  # type: ignore[override]
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        for number, chunk in enumerate(self.pages[start_token:], start_token):
+            self.sizes.append(page_size)
+            records = [SourceRecord("agent", "puid", s.record()) for s in chunk]
+            more = number + 1 < len(self.pages)
+            yield SessionPage(number, number + 1 if more else 0, records, served_at=self.now)
+
+
+async def test_a_session_on_two_pipelined_pages_is_sent_once(state: StateStore) -> None:
+    one, two, three = sessions(3)
+    upstream = ScriptedUpstream([[one, two], [two, three]])
+    scanner, publisher = scan_of(upstream, state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW)
+    assert publisher.session_ids(COMPLETED) == [1, 2, 3]
+    assert outcome.delivered == Delivered(records=4, emitted=3, duplicates=1)
+
+
+async def test_the_scan_asks_for_its_own_page_size(state: StateStore) -> None:
+    upstream = ScriptedUpstream([sessions(2), sessions(2, 3)])
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    await Scanner(upstream, feed, 2, asyncio.Event()).listing(LISTING, "completed", WINDOW)  # type: ignore[arg-type]
+    assert upstream.sizes == [2, 2]
+
+
+async def test_a_bad_record_without_a_start_is_counted_in_the_scanned_window(
+    state: StateStore,
+) -> None:
+    bad = Session(2, T0 - H, 60, {"startTime": "yesterday"})
+    upstream = ScriptedUpstream([[Session(1, T0 - H, 60), bad]])
+    scanner, _ = scan_of(upstream, state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW)
+    assert outcome.delivered.dead_letters == 1
+    assert state.count_emitted(1, "completed", Window(WINDOW.start, WINDOW.start + S)) == 1

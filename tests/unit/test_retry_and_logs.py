@@ -200,3 +200,163 @@ def test_the_library_rate_limit_does_not_leak_between_configurations() -> None:
         logs.configure("info", "json", stream=out)
         logging.getLogger("aiohttp.client").error("the same library line")
         assert "the same library line" in out.getvalue()
+
+
+# What an operator reads: the line's fields, its form, and what is held back
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(x) for x in out.getvalue().splitlines()]
+
+
+def test_a_json_line_carries_time_level_logger_and_fields() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    logs.get_logger("poller.test").info("hello", count=3, thing={1, 2}, missing=None)
+    logs.get_logger("poller.test").debug("hidden")
+    (line,) = lines(out)
+    assert line["event"] == "hello" and line["level"] == "info"
+    assert line["logger"] == "poller.test" and line["count"] == 3 and line["missing"] is None
+    # What JSON cannot hold is written as text, never dropped with the line.
+    assert line["thing"] == "{1, 2}"
+    assert str(line["timestamp"]).endswith("Z")
+
+
+def test_the_level_is_the_configured_one_for_ours_and_at_least_warning_for_chatter() -> None:
+    out = io.StringIO()
+    logs.configure("warning", "json", stream=out)
+    logs.get_logger("poller.test").info("not shown")
+    logs.get_logger("poller.test").warning("shown")
+    assert [line["event"] for line in lines(out)] == ["shown"]
+    logs.configure("debug", "json", stream=out)
+    assert logging.getLogger().level == logging.DEBUG
+    assert logging.getLogger("asyncio").level == logging.WARNING
+    assert logging.getLogger("aiohttp.access").level == logging.WARNING
+    assert logging.getLogger("aiokafka").level == logging.DEBUG
+    logs.configure("error", "json", stream=out)
+    assert logging.getLogger("asyncio").level == logging.ERROR
+    assert logging.getLogger("aiokafka").level == logging.ERROR
+    assert len(logging.getLogger().handlers) == 1
+
+
+def test_an_exception_is_rendered_with_its_traceback_and_redacted() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    logs.redactor.add(["traceback-secret"])
+    try:
+        raise RuntimeError("failed with traceback-secret")
+    except RuntimeError:
+        logs.get_logger("poller.test").exception("boom")
+    (line,) = lines(out)
+    assert "RuntimeError" in str(line["exception"]) and "Traceback" in str(line["exception"])
+    assert "traceback-secret" not in out.getvalue() and logs.REDACTED in out.getvalue()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_coloured_console_lines_and_a_pipe_gets_json() -> None:
+    out = Terminal()
+    logs.configure("info", "auto", stream=out)
+    logs.get_logger("poller.test").info("hello", count=3)
+    text = out.getvalue()
+    assert "hello" in text and "\x1b[" in text
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(text)
+    piped = io.StringIO()
+    logs.configure("info", "auto", stream=piped)
+    logs.get_logger("poller.test").info("hello")
+    assert lines(piped)[0]["event"] == "hello"
+    console = io.StringIO()
+    logs.configure("info", "console", stream=console)
+    logs.get_logger("poller.test").info("hello")
+    assert "hello" in console.getvalue() and "\x1b[" not in console.getvalue()
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(console.getvalue())
+
+
+def test_a_library_line_repeats_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    once = logs.OncePerInterval(60)
+
+    def passes(name: str = "lib", msg: str = "down") -> bool:
+        return once.filter(logging.LogRecord(name, logging.ERROR, "", 0, msg, None, None))
+
+    assert passes()
+    clock[0] = 59.9
+    assert not passes()
+    assert passes(msg="other") and passes(name="lib2")
+    clock[0] = 60.0
+    assert passes()
+    clock[0] = 100.0
+    assert not passes()
+    assert logs.OncePerInterval().filter(logging.LogRecord("x", 40, "", 0, "m", None, None))
+
+
+def test_library_records_our_own_pass_kafka_demoted_others_limited() -> None:
+    def record(name: str, msg: object, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(name, level, "", 0, msg, None, None)
+
+    info = logs.LibraryRecords(logging.INFO)
+    ours = record("poller.feed", "same")
+    assert info.filter(ours) and info.filter(record("poller.feed", "same"))
+    assert ours.levelno == logging.ERROR
+    assert info.filter(record("aiohttp", {"event": "x"})) and info.filter(
+        record("aiohttp", {"event": "x"})
+    )
+    kafka = record("aiokafka.conn", "Unable connect")
+    assert not info.filter(kafka)
+    assert (kafka.levelno, kafka.levelname) == (logging.DEBUG, "DEBUG")
+    assert logs.LibraryRecords(logging.DEBUG).filter(record("aiokafka", "x"))
+    other = record("aiokafkaish", "x")
+    assert info.filter(other) and other.levelno == logging.ERROR
+    assert not info.filter(record("aiokafkaish", "x"))
+
+
+def test_the_redactor_keeps_what_it_knew_and_scrubs_every_shape() -> None:
+    redactor = logs.SecretRedactor(["first-secret"])
+    redactor.add(["second-secret", "short"])
+    assert redactor.scrub("first-secret second-secret short") == ("[REDACTED] [REDACTED] short")
+    assert redactor.scrub(bytearray(b"x first-secret")) == "x [REDACTED]"
+    assert redactor.scrub(("first-secret", 1)) == ["[REDACTED]", 1]
+    assert redactor.scrub(ValueError("bad first-secret")) == "ValueError: bad [REDACTED]"
+    for kept in (None, 3, 2.5, True):
+        assert redactor.scrub(kept) is kept
+    assert redactor.scrub({"a": {"b": b"first-secret"}}) == {"a": {"b": "[REDACTED]"}}
+    event = {"event": "e", "n": 1, "s": "first-secret"}
+    assert redactor(None, "info", event) == {"event": "e", "n": 1, "s": "[REDACTED]"}
+    empty = logs.SecretRedactor()
+    assert empty(None, "info", event) is event
+
+
+@pytest.mark.parametrize("secret", ["ünïcode-secret", "abcdefg", "ünï'q\"-sec/ret\t"])
+def test_escaped_and_unpadded_forms_of_a_secret_are_redacted(secret: str) -> None:
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    redactor = logs.SecretRedactor([secret])
+    for form in (
+        secret.encode("unicode_escape").decode(),
+        base64.b64encode(secret.encode()).decode().rstrip("="),
+        orjson.dumps(secret).decode()[1:-1],
+        repr(secret)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    ):
+        assert redactor.scrub(f"<{form}>") == "<[REDACTED]>", form
+    # Only the secret's forms: a value that merely shares most of it is left alone.
+    assert redactor.scrub(f"<{secret[1:]}>") == f"<{secret[1:]}>"
+    assert redactor.scrub(f"<{secret[:-1]}>") == f"<{secret[:-1]}>"
+
+
+def test_the_defaults_write_info_lines_as_json_to_standard_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure()
+    logs.get_logger("poller.test").info("shown")
+    logs.get_logger("poller.test").debug("hidden")
+    (line,) = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["event"] == "shown" and line["level"] == "info"

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from poller.errors import ConfigError
-from poller.settings import load_config, parse_duration
+from poller.settings import GlanceSettings, load_config, parse_duration
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +211,223 @@ def test_a_bad_value_does_not_hide_a_missing_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert [p.key for p in caught.value.problems] == ["glance.base_url", "partners[0].api_key_env"]
+
+
+# Every problem by its key and what it says
+
+
+def problems_of(path: Path | None, **kwargs: bool) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, **kwargs)
+    return {p.key: p.message for p in caught.value.problems}
+
+
+def test_a_missing_or_unreadable_or_invalid_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    assert problems_of(missing, need_credentials=False) == {"--config": f"no such file: {missing}"}
+    bad = write(tmp_path, "[glance\n")
+    assert problems_of(bad, need_credentials=False)["--config"].startswith(
+        f"{bad} is not valid TOML: "
+    )
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    locked = write(tmp_path, "")
+    locked.chmod(0)
+    try:
+        if not os.access(locked, os.R_OK):
+            assert problems_of(locked, need_credentials=False) == {
+                "--config": f"cannot read {locked}: permission denied"
+            }
+    finally:
+        locked.chmod(0o600)
+
+
+def test_a_key_file_is_read_stripped_and_refused_when_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("  the-key \n")
+    path = write(tmp_path, f'[[partners]]\nid = 3\napi_key_file = "{key}"\n')
+    config = load_config(path)
+    assert config.partners[0].api_key.get_secret_value() == "the-key"
+    key.write_text(" \n")
+    assert problems_of(path) == {"partners[0].api_key_file": f"{key} is empty"}
+    key.unlink()
+    message = problems_of(path)["partners[0].api_key_file"]
+    assert message.startswith(f"cannot read {key}: ") and "No such file" in message
+
+
+def test_the_key_file_variable_stands_for_every_partner_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("file-key\n")
+    monkeypatch.setenv("GLANCE_API_KEY_FILE", str(key))
+    monkeypatch.setenv("GLANCE_API_KEY", "env-key")
+    config = load_config(write(tmp_path, "[[partners]]\nid = 3\n"))
+    assert config.partners[0].api_key.get_secret_value() == "file-key"
+    monkeypatch.setenv("GLANCE_API_KEY_FILE", "")
+    config = load_config(write(tmp_path, "[[partners]]\nid = 3\n"))
+    assert config.partners[0].api_key.get_secret_value() == "env-key"
+
+
+def test_a_key_in_the_environment_is_stripped_and_a_blank_one_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[[partners]]\nid = 3\napi_key_env = "K3"\n')
+    monkeypatch.setenv("K3", "  key-3 ")
+    assert load_config(path).partners[0].api_key.get_secret_value() == "key-3"
+    monkeypatch.setenv("K3", "   ")
+    assert problems_of(path) == {
+        "partners[0].api_key_env": "partner 3: set the API key in $K3 (or point api_key_file "
+        "/ GLANCE_API_KEY_FILE at a file holding it)"
+    }
+
+
+def test_a_ca_file_must_be_a_pem_bundle_that_is_used(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    path = write(tmp_path, f'[glance]\nca_file = "{missing}"\n')
+    assert problems_of(path, need_credentials=False) == {
+        "glance.ca_file": f"no such file: {missing}"
+    }
+    missing.write_text("not a certificate")
+    assert problems_of(path, need_credentials=False)["glance.ca_file"].startswith(
+        "not a PEM CA bundle: "
+    )
+    import trustme
+
+    trustme.CA().cert_pem.write_to_path(str(missing))
+    assert load_config(path, need_credentials=False).settings.glance.ca_file == missing
+    ignored = write(tmp_path, f'[glance]\nca_file = "{missing}"\nverify_tls = false\n')
+    assert problems_of(ignored, need_credentials=False) == {
+        "glance.ca_file": "is set but glance.verify_tls = false ignores it"
+    }
+
+
+def test_sasl_needs_each_of_its_settings_and_ssl_files_must_exist(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "PLAIN"\n'
+        f'ssl_cafile = "{tmp_path / "ca"}"\nssl_keyfile = "{tmp_path / "key"}"\n',
+    )
+    assert problems_of(path, need_credentials=False) == {
+        "kafka.sasl_username": "required with SASL_SSL",
+        "kafka.sasl_password": "required with SASL_SSL",
+        "kafka.ssl_cafile": f"no such file: {tmp_path / 'ca'}",
+        "kafka.ssl_keyfile": f"no such file: {tmp_path / 'key'}",
+    }
+    (tmp_path / "cert").write_text("x")
+    plain = write(tmp_path, f'[kafka]\nssl_certfile = "{tmp_path / "cert"}"\n')
+    assert load_config(plain, need_credentials=False).settings.kafka.ssl_certfile is not None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://host", "http://", "host:80", "https:///path", "file:///etc/passwd"]
+)
+def test_only_an_http_url_with_a_host_is_a_base_url(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'[glance]\nbase_url = "{url}"\n')
+    assert (
+        f"not an http(s) URL: {url!r}"
+        in problems_of(path, need_credentials=False)["glance.base_url"]
+    )
+
+
+def test_a_base_url_loses_its_trailing_slashes(tmp_path: Path) -> None:
+    path = write(tmp_path, '[glance]\nbase_url = "https://h.example/api//"\n')
+    assert load_config(path, need_credentials=False).settings.glance.base_url == (
+        "https://h.example/api"
+    )
+
+
+def test_a_bad_value_with_partners_reports_their_keys_and_no_no_partner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        "[kafka]\nlinger_ms = -1\n"
+        '[[partners]]\nid = 3\napi_key_env = "K3"\n[[partners]]\nid = "x"\n'
+        '[[partners]]\nid = 5\napi_key_env = "K5"\n',
+    )
+    found = problems_of(path)
+    assert set(found) == {
+        "kafka.linger_ms",
+        "partners[1].id",
+        "partners[0].api_key_env",
+        "partners[2].api_key_env",
+    }
+    assert set(problems_of(path, need_credentials=False)) == {"kafka.linger_ms", "partners[1].id"}
+    monkeypatch.setenv("GLANCE_PARTNER_ID", "9")
+    monkeypatch.setenv("GLANCE_API_KEY", "k")
+    assert set(problems_of(write(tmp_path, "[kafka]\nlinger_ms = -1\n"))) == {"kafka.linger_ms"}
+
+
+def test_a_bad_value_and_no_partner_says_both(tmp_path: Path) -> None:
+    path = write(tmp_path, "[kafka]\nlinger_ms = -1\n")
+    found = problems_of(path)
+    assert found["partners"] == ("no partner configured: set GLANCE_PARTNER_ID or [[partners]]")
+    assert set(found) == {"kafka.linger_ms", "partners"}
+    assert set(problems_of(path, need_credentials=False)) == {"kafka.linger_ms"}
+    bad_list = write(tmp_path, "partners = 3\n")
+    assert "partners" in problems_of(bad_list)
+
+
+def test_a_partner_from_the_environment_replaces_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLANCE_PARTNER_ID", "9")
+    monkeypatch.setenv("GLANCE_API_KEY", "k")
+    config = load_config(write(tmp_path, "[[partners]]\nid = 3\n"))
+    assert [p.id for p in config.partners] == [9]
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "message"),
+    [
+        ('[reconcile]\nbucket = "2d"\nhorizon = "1d"\n', "reconcile.bucket", "must not be"),
+        ('[reconcile]\nhorizon = "5m"\n[completed]\noverlap = "5m"\n', "reconcile.horizon", ""),
+        ('[events]\npii = "hash"\n', "events.pii_salt", "required when events.pii = 'hash'"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(
+    tmp_path: Path, toml: str, key: str, message: str
+) -> None:
+    found = problems_of(write(tmp_path, toml), need_credentials=False)
+    assert key in found and found[key].startswith(message)
+
+
+def test_equal_bucket_and_horizon_are_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[reconcile]\nbucket = "1d"\nhorizon = "1d"\n')
+    assert load_config(path, need_credentials=False).settings.reconcile.bucket == 86400.0
+
+
+def test_the_answer_cap_follows_the_page_size_unless_set() -> None:
+    assert GlanceSettings().answer_cap() == 8 << 20
+    assert GlanceSettings(page_size=1000).answer_cap() == 8 << 20
+    assert GlanceSettings(page_size=1000, max_answer_bytes=2048).answer_cap() == 2048
+    assert GlanceSettings(max_answer_bytes=1024).answer_cap() == 1024
+
+
+def test_plain_environment_names_are_used_only_when_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GLANCE_BASE_URL", "")
+    monkeypatch.setenv("POLLER_STATE_PATH", str(tmp_path / "s.db"))
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "user")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pass-word")
+    settings = load_config(None, need_credentials=False).settings
+    assert settings.glance.base_url == "https://www.glance.net"
+    assert settings.state.path == tmp_path / "s.db"
+    assert settings.kafka.sasl_username == "user"
+    assert settings.kafka.sasl_password is not None
+    assert settings.kafka.sasl_password.get_secret_value() == "pass-word"
+    assert load_config(None, need_credentials=False).partners == ()
+
+
+def test_partners_without_credentials_have_empty_keys_and_unique_ids(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "[[partners]]\nid = 3\n[[partners]]\nid = 4\n")
+    config = load_config(path, need_credentials=False)
+    assert [(p.id, p.api_key.get_secret_value()) for p in config.partners] == [(3, ""), (4, "")]
+    twice = write(tmp_path, "[[partners]]\nid = 3\n[[partners]]\nid = 3\n")
+    assert problems_of(twice, need_credentials=False) == {"partners[1].id": "duplicate id 3"}
