@@ -75,8 +75,8 @@ class GlanceSettings(_Section):
     max_window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=31 * 86400.0)] = (
         31 * 86400.0
     )
-    # An answer larger than this is a retriable fault (unset: page_size x 8 KiB, >= 8 MiB:
-    # room for a session with ten thousand guests, while a parsed answer stays near 70 MB).
+    # An answer larger than this is a retriable fault (unset: 8 MiB, room for a page with a
+    # session of ten thousand guests, while a parsed answer stays near 70 MB).
     max_answer_bytes: int | None = Field(default=None, ge=1024)
     # Upstream's Date is trusted within this of the host clock, and bounded by it beyond.
     clock_tolerance: Annotated[
@@ -86,7 +86,7 @@ class GlanceSettings(_Section):
     def answer_cap(self) -> int:
         if self.max_answer_bytes is not None:
             return self.max_answer_bytes
-        return max(8 << 20, self.page_size * 8 * 1024)
+        return 8 << 20
 
 
 class PartnerSettings(_Section):
