@@ -130,7 +130,7 @@ def test_no_secret_appears_anywhere(
         capture_output=True,
         text=True,
         check=True,
-        env=poller._env(),
+        env=poller.environment(),
     ).stdout
     events = consume(sasl_broker.bootstrap, poller.topics.completed, expect=398)
     letters = consume(sasl_broker.bootstrap, poller.topics.dlq, expect=2)
