@@ -192,9 +192,6 @@ class PollerRun:
 
     def environment(self) -> dict[str, str]:
         """The daemon's environment: the keys, no stray POLLER_/GLANCE_/KAFKA_ settings."""
-        return self._env()
-
-    def _env(self) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -212,7 +209,7 @@ class PollerRun:
             [PYTHON, "-m", "poller", "run", "--once", "--config", str(self.config_file())],
             capture_output=True,
             text=True,
-            env=self._env(),
+            env=self.environment(),
             timeout=timeout,
             check=False,
         )
@@ -223,7 +220,7 @@ class PollerRun:
             [PYTHON, "-m", "poller", "run", "--config", str(self.config_file())],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self._env(),
+            env=self.environment(),
         )
         log.close()
         return process

@@ -67,7 +67,7 @@ def backfill(poller: PollerRun, *extra: str) -> subprocess.CompletedProcess[str]
         backfill_command(poller, *extra),
         capture_output=True,
         text=True,
-        env=poller._env(),
+        env=poller.environment(),
         timeout=120,
         check=False,
     )
@@ -76,7 +76,7 @@ def backfill(poller: PollerRun, *extra: str) -> subprocess.CompletedProcess[str]
 def start_backfill(poller: PollerRun, log_name: str) -> subprocess.Popen[bytes]:
     with (poller.workdir / log_name).open("wb") as log:
         return subprocess.Popen(
-            backfill_command(poller), stdout=log, stderr=subprocess.STDOUT, env=poller._env()
+            backfill_command(poller), stdout=log, stderr=subprocess.STDOUT, env=poller.environment()
         )
 
 
@@ -222,7 +222,7 @@ def test_a_70_day_backfill_interrupted_killed_and_resumed_delivers_every_session
         [PYTHON, "-m", "poller", "state", "show", "--config", str(poller.config_file())],
         capture_output=True,
         text=True,
-        env=poller._env(),
+        env=poller.environment(),
         timeout=60,
         check=True,
     )
@@ -274,7 +274,7 @@ def test_arguments_and_credentials_are_checked_before_anything_is_sent(
             [PYTHON, "-m", "poller", "backfill", "--config", str(poller.config_file()), *args],
             capture_output=True,
             text=True,
-            env=poller._env(),
+            env=poller.environment(),
             timeout=60,
             check=False,
         )

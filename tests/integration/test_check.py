@@ -35,7 +35,7 @@ def run_check(
         [sys.executable, "-m", "poller", "check", "--config", str(poller.config_file()), *args],
         capture_output=True,
         text=True,
-        env=poller._env() | (env or {}),
+        env=poller.environment() | (env or {}),
         timeout=timeout,
         check=False,
     )
@@ -312,7 +312,7 @@ def test_invalid_config_is_reported_by_key_and_nothing_connects(
         [sys.executable, "-m", "poller", "check", "--config", str(poller.config_file())],
         capture_output=True,
         text=True,
-        env=poller._env(),
+        env=poller.environment(),
         timeout=60,
         check=False,
     )
@@ -330,7 +330,7 @@ def test_invalid_config_is_reported_by_key_and_nothing_connects(
 
 def test_missing_api_key_is_a_config_problem(emulator: Emulator, tmp_path: Path) -> None:
     poller = PollerRun(tmp_path, emulator.url, "127.0.0.1:9", Topics.unique())
-    env = {k: v for k, v in poller._env().items() if not k.startswith("IT_KEY_")}
+    env = {k: v for k, v in poller.environment().items() if not k.startswith("IT_KEY_")}
 
     result = subprocess.run(
         [sys.executable, "-m", "poller", "check", "--config", str(poller.config_file())],
@@ -404,7 +404,7 @@ def test_offline_lists_every_problem_by_key_and_exits_2(
         ],
         capture_output=True,
         text=True,
-        env=poller._env(),
+        env=poller.environment(),
         timeout=60,
         check=False,
     )

@@ -87,7 +87,7 @@ def test_tail_prints_events_as_lines_or_json_and_filters_by_partner(
             capture_output=True,
             text=True,
             timeout=60,
-            env=poller._env(),
+            env=poller.environment(),
             check=True,
         )
         return done.stdout.splitlines()
