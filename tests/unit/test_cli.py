@@ -299,3 +299,37 @@ def wait_for_handler(pid: int) -> None:
             return
         time.sleep(0.002)
     raise AssertionError("the program never caught SIGTERM")
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"glance-poller {version('glance-poller')}"
+
+
+def test_progress_is_lines_on_a_terminal_without_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poller import backfill_progress
+
+    class SizelessTerminal:
+        def isatty(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return 2
+
+    def no_size(fd: int = 0) -> os.terminal_size:
+        raise OSError("Inappropriate ioctl for device")
+
+    monkeypatch.setattr(backfill_progress.sys, "stderr", SizelessTerminal())
+    monkeypatch.setattr(backfill_progress.os, "get_terminal_size", no_size)
+    assert isinstance(backfill_progress.progress_for_stderr(), backfill_progress.LogProgress)
+    monkeypatch.setattr(
+        backfill_progress.os, "get_terminal_size", lambda fd=0: os.terminal_size((0, 0))
+    )
+    assert isinstance(backfill_progress.progress_for_stderr(), backfill_progress.LogProgress)
+    monkeypatch.setattr(
+        backfill_progress.os, "get_terminal_size", lambda fd=0: os.terminal_size((80, 24))
+    )
+    assert isinstance(backfill_progress.progress_for_stderr(), backfill_progress.BarProgress)
