@@ -260,23 +260,12 @@ def test_missing_topic_is_a_warning_when_the_broker_auto_creates_it(
     assert partitions_of(kafka_bootstrap, [poller.topics.dlq]) == {}
 
 
-class _NoAutoCreateBroker(LocalBroker):
-    """A local broker that does not create topics on first use."""
-
-    def _write_properties(self) -> Path:
-        path = super()._write_properties()
-        text = path.read_text()
-        assert "auto.create.topics.enable=true\n" in text, "local_broker.py changed"
-        path.write_text(
-            text.replace("auto.create.topics.enable=true", "auto.create.topics.enable=false")
-        )
-        return path
-
-
 @pytest.fixture(scope="module")
 def strict_broker() -> Iterator[LocalBroker]:
-    with running(_NoAutoCreateBroker()) as broker:
-        yield broker
+    broker = LocalBroker()
+    broker.properties["auto.create.topics.enable"] = "false"
+    with running(broker) as started:
+        yield started
 
 
 def test_missing_topic_fails_when_the_broker_does_not_auto_create(

@@ -185,24 +185,6 @@ async def _frame(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(int.from_bytes(head, "big", signed=True))
 
 
-class _BrokerBehindProxy(LocalBroker):
-    """A local broker that tells its clients to connect through ``advertised_port``."""
-
-    advertised_port = 0
-
-    def _write_properties(self) -> Path:
-        path = super()._write_properties()
-        direct = f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
-        text = path.read_text()
-        assert direct in text, "local_broker.py changed how it writes its listeners"
-        path.write_text(
-            text.replace(
-                direct, f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.advertised_port}\n"
-            )
-        )
-        return path
-
-
 @pytest.fixture(scope="module")
 def delayed_acks(request: pytest.FixtureRequest) -> Iterator[tuple[str, AckDelayProxy | None]]:
     """A broker of its own whose produce acknowledgements a test can delay (``proxy.delay``,
@@ -211,9 +193,10 @@ def delayed_acks(request: pytest.FixtureRequest) -> Iterator[tuple[str, AckDelay
     if not any(DEFAULT_JARS.glob("kafka_2.13-*.jar")):
         yield request.getfixturevalue("kafka_bootstrap"), None
         return
-    broker = _BrokerBehindProxy(heap="256m")
+    broker = LocalBroker(heap="256m")
     proxy = AckDelayProxy(broker.port)
-    broker.advertised_port = proxy.port
+    # Clients are told to connect through the proxy.
+    broker.properties["advertised.listeners"] = f"PLAINTEXT://127.0.0.1:{proxy.port}"
     try:
         try:
             broker.start()

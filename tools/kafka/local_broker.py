@@ -134,6 +134,9 @@ class LocalBroker:
     ) -> None:
         """``sasl_users`` (username -> password) adds a SASL_PLAINTEXT listener for them.
 
+        ``properties``: broker settings that replace the defaults at the next ``start``
+        (``advertised.listeners`` behind a proxy, ``auto.create.topics.enable`` off...).
+
         ``workdir``: a folder of the caller's for the broker's data, configuration and log,
         instead of a throw-away one; ``cleanup`` then removes the data only, so the log stays
         to be read.
@@ -156,6 +159,7 @@ class LocalBroker:
         # Chosen once, like the others, so a restart on the same data keeps every address.
         self.sasl_port = free_port() if self.sasl_users is not None else None
         self.process: subprocess.Popen[bytes] | None = None
+        self.properties: dict[str, str] = {}
         self._formatted = False
 
     @property
@@ -199,6 +203,7 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             **self._sasl_properties(),
+            **self.properties,
         }
         path.write_text("".join(f"{k}={_properties_value(v)}\n" for k, v in lines.items()))
         return path
