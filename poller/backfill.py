@@ -42,6 +42,7 @@ from poller.errors import (
 )
 from poller.glance.client import upstream_tls
 from poller.glance.dates import to_request
+from poller.glance.records import total_count
 from poller.health import Health
 from poller.launch import stop_requested
 from poller.limiter import ConcurrencyLimiter
@@ -50,7 +51,6 @@ from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
 from poller.state import StateStore
 from poller.streams.names import COMPLETED
-from poller.streams.reconcile import total_count
 from poller.streams.scan import Scanner
 from poller.window import Window, split_window
 from poller.wiring import wire_partner

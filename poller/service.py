@@ -208,7 +208,14 @@ class Service:
             open_sessions = OpenSessions(freshness)
         run.open_sessions = open_sessions
         run.streams.append(
-            CompletedStream(scanner, settings.glance, settings.completed, open_sessions)
+            CompletedStream(
+                scanner,
+                settings.glance,
+                settings.completed,
+                open_sessions,
+                # Asked for the oldest open session even with the started stream off.
+                open_operation=settings.started.operation,
+            )
         )
         if settings.reconcile.enabled:
             run.streams.append(

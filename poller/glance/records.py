@@ -1,4 +1,5 @@
-"""The envelope of a session listing: users and their session records, as decoded JSON.
+"""The envelope of a session listing: users and their session records, as decoded JSON; and
+the total of a counts answer.
 
 Only the envelope is checked here (a wrong envelope is a retriable upstream fault); each
 record is judged on its own by the event builder, so that one bad record becomes one dead
@@ -97,3 +98,18 @@ def answer_d(operation: str, payload: bytes) -> Any:
     if not isinstance(document, dict) or "d" not in document:
         raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
     return document["d"]
+
+
+def total_count(rows: Any) -> int:
+    """The sum of PartnerSessionCounts rows; a wrong shape is a retriable upstream fault."""
+    if not isinstance(rows, list):
+        raise RetriableUpstreamError("bad_shape", "session counts are not a list")
+    total = 0
+    for row in rows:
+        count = row.get("count") if isinstance(row, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise RetriableUpstreamError(
+                "bad_shape", f"a counts row has no valid count: {row!r}"[:200]
+            )
+        total += count
+    return total

@@ -2,8 +2,10 @@
 
 Each tick scans ``[scanned_until - overlap, now)`` in windows of at most 31 days, page by page
 (the one scan, ``streams/scan.py``), and then fetches the starts of the sessions the started
-stream saw leave its listing, so a long session is delivered as soon as it ends. Sessions that
-end long after the scan covered their start, unseen, are the reconcile sweep's.
+stream saw leave its listing, so a long session is delivered as soon as it ends. The part
+before ``scanned_until`` is re-read only from the oldest session that was still open, and not
+at all when nothing completed there since (``streams/overlap.py``). Sessions that end long
+after the scan covered their start, unseen, are the reconcile sweep's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from poller.settings import CompletedStreamSettings, GlanceSettings
 from poller.streams.feed import Delivered
 from poller.streams.names import COMPLETED, RECONCILE
 from poller.streams.open_sessions import OpenSessions
+from poller.streams.overlap import OverlapGuide
 from poller.streams.scan import Scanner
 from poller.window import Window
 
@@ -30,6 +33,9 @@ class ScanSummary:
     windows: list[Window] = field(default_factory=list)
     scanned_until: datetime | None = None
     departed_fetched: int = 0
+    # Whether the part before the previous scan's end was re-read (not when nothing there
+    # could have completed since).
+    reread: bool = False
     behind: bool = False
 
     def as_log(self) -> dict[str, object]:
@@ -40,6 +46,7 @@ class ScanSummary:
             "window_end": self.windows[-1].end.isoformat() if self.windows else None,
             "scanned_until": self.scanned_until.isoformat() if self.scanned_until else None,
             "departed_fetched": self.departed_fetched,
+            "reread": self.reread,
             "behind": self.behind,
         }
 
@@ -54,10 +61,12 @@ class CompletedStream:
         glance: GlanceSettings,
         settings: CompletedStreamSettings,
         open_sessions: OpenSessions | None = None,
+        open_operation: str | None = None,
     ) -> None:
         self._scanner = scanner
         self._feed = scanner.feed
         self._open_sessions = open_sessions
+        self._guide = OverlapGuide(scanner.client, scanner.feed.state, open_operation)
         self._max_window = timedelta(seconds=glance.max_window)
         self._tolerance = timedelta(seconds=glance.clock_tolerance)
         self._settings = settings
@@ -87,12 +96,19 @@ class CompletedStream:
         cursor = stored
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
+        # Only a tick that starts between windows reads everything after the question.
+        fresh = not cursor.in_window
+        if fresh and overlap:
+            reach = min(overlap, self._max_window)
+            await self._guide.ask_oldest_open(Window(now - reach, now))
         budget = self._settings.max_pages_per_tick
         while not self._scanner.stopping.is_set():
             if summary.pages >= budget:
                 summary.behind = True
                 break
-            cursor = cursor.begin(now, self._look_back_to(cursor, overlap), self._max_window)
+            if not cursor.in_window:
+                look_back = await self._narrowed(cursor, overlap, summary)
+                cursor = cursor.begin(now, look_back, self._max_window)
             if cursor.done_by(now):
                 break
             assert cursor.window is not None
@@ -108,6 +124,8 @@ class CompletedStream:
             summary.pages += outcome.pages
             summary.delivered.add(outcome.delivered)
             cursor = outcome.cursor
+        reached_now = cursor.done_by(now)
+        self._guide.scanned_to(cursor.scanned_until if reached_now else None)
         summary.scanned_until = cursor.scanned_until
         if not summary.behind:
             # What this tick's scan read (or, without one, what the next will) is covered.
@@ -125,15 +143,31 @@ class CompletedStream:
         if future and stored is not None:
             raise CursorInFuture(self.partner_id, COMPLETED, stored.scanned_until.isoformat())
 
-    def _look_back_to(self, cursor: Cursor, overlap: timedelta) -> datetime:
-        """Where the next window starts: ``overlap`` before the cursor at most, and only as
-        far as the oldest session open at the previous scan when a listing tells us."""
+    async def _narrowed(self, cursor: Cursor, overlap: timedelta, summary: ScanSummary) -> datetime:
+        """Where the next window starts: ``overlap`` before the cursor at most, only as far
+        as the oldest session open at the previous scan when that is known, and at the cursor
+        when upstream counts nothing new completed in between (asked once a tick)."""
         previous_end = cursor.scanned_until
-        farthest = previous_end - overlap
-        bound = self._open_sessions.look_back_to(previous_end) if self._open_sessions else None
-        if bound is None:
-            return farthest
-        return max(farthest, min(bound, previous_end) - timedelta(seconds=1))
+        look_back = self._look_back_to(previous_end, overlap)
+        if summary.windows or look_back >= previous_end:
+            return look_back
+        reread = Window(look_back, previous_end)
+        if reread.end - reread.start <= self._max_window and await self._guide.nothing_new(reread):
+            return previous_end
+        summary.reread = True
+        return look_back
+
+    def _look_back_to(self, previous_end: datetime, overlap: timedelta) -> datetime:
+        bounds = [previous_end - overlap]
+        oldest_open = self._guide.look_back_to(previous_end)
+        if oldest_open is not None:
+            bounds.append(oldest_open)
+        listed = self._open_sessions.look_back_to(previous_end) if self._open_sessions else None
+        if listed is not None:
+            # The started stream's listing runs apart from this scan: a second's margin for
+            # upstream's whole-second clock.
+            bounds.append(min(listed, previous_end) - timedelta(seconds=1))
+        return min(max(bounds), previous_end)
 
     async def _fetch_departed(self, covered_from: datetime, summary: ScanSummary) -> None:
         """The starts of sessions that just left the open listing, before what this tick's

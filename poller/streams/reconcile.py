@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from poller import metrics
 from poller.cursor import Cursor
-from poller.errors import RetriableUpstreamError
 from poller.glance.client import COMPLETED_SESSIONS
+from poller.glance.records import total_count
 from poller.logs import get_logger
 from poller.settings import CompletedStreamSettings, GlanceSettings, ReconcileSettings
 from poller.state import Forget
@@ -54,21 +53,6 @@ class SweepSummary:
             "forgotten_ids": self.forgotten_ids,
             "dead_letters": self.delivered.dead_letters,
         }
-
-
-def total_count(rows: Any) -> int:
-    """The sum of PartnerSessionCounts rows; a wrong shape is a retriable upstream fault."""
-    if not isinstance(rows, list):
-        raise RetriableUpstreamError("bad_shape", "session counts are not a list")
-    total = 0
-    for row in rows:
-        count = row.get("count") if isinstance(row, dict) else None
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise RetriableUpstreamError(
-                "bad_shape", f"a counts row has no valid count: {row!r}"[:200]
-            )
-        total += count
-    return total
 
 
 class ReconcileSweep:

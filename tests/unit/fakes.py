@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from poller.errors import PublishFailed
+from poller.errors import PublishFailed, UnknownOperation
 from poller.events import Event
 from poller.glance.paging import Paginator
 from poller.glance.records import SessionPage, SourceRecord
@@ -99,6 +99,7 @@ class MemoryUpstream:
         self.page_size = page_size
         self.calls: list[tuple[str, Window, int]] = []
         self.on_page: Callable[[SessionPage], None] | None = None
+        self.operations = {"PartnerCompletedSessions", "PartnerActiveSessions"}
 
     async def server_now(
         self, max_age: float = 1.0, *, later_than: datetime | None = None
@@ -106,6 +107,8 @@ class MemoryUpstream:
         return self.now
 
     def _listed(self, operation: str, window: Window) -> list[Session]:
+        if operation not in self.operations:
+            raise UnknownOperation(operation)
         ended = operation == "PartnerCompletedSessions"
         return sorted(
             (
@@ -126,8 +129,9 @@ class MemoryUpstream:
             token = paginator.token
             self.calls.append((operation, window, token))
             listed = [s for s in self._listed(operation, window) if s.id > token]
-            chunk = listed[: self.page_size]
-            more = len(listed) > self.page_size
+            size = min(page_size, self.page_size)
+            chunk = listed[:size]
+            more = len(listed) > size
             next_token = chunk[-1].id if more else 0
             records = [SourceRecord("agent", "puid", s.record()) for s in chunk]
             page = SessionPage(token, next_token, records, served_at=self.now)
