@@ -178,3 +178,41 @@ async def test_a_tick_cut_short_leaves_the_next_one_the_whole_overlap(state: Sta
     for step in range(1, 12):
         await live.tick_at(T0 + step * 5 * S)
     assert live.delivered() == sorted([*range(1, 30), 99])
+
+
+class FlakyOpenListing(MemoryUpstream):
+    """The open-sessions listing fails while ``failing`` is set."""
+
+    failing = False
+
+    def _listed(self, operation: str, window: Window) -> list[Session]:
+        if operation == OPEN and self.failing:
+            raise RetriableUpstreamError("fault", "the open listing is down")
+        return super()._listed(operation, window)
+
+
+async def test_a_failed_question_about_open_sessions_re_reads_the_whole_overlap(
+    state: StateStore,
+) -> None:
+    upstream = FlakyOpenListing([], T0)
+    late = Session(2, T0 - 3 * M, None)
+    upstream.sessions.append(late)
+    live = Live(upstream, state)
+    await live.tick_at(T0 - 5 * S)
+    upstream.failing = True
+    await live.tick_at(T0)
+    upstream.failing = False
+    late.duration = 3 * 60 + 2  # ends at T0 + 2 s
+    await live.tick_at(T0 + 5 * S)
+    assert live.delivered() == [2]
+
+
+async def test_an_open_session_without_a_readable_start_gives_no_bound(state: StateStore) -> None:
+    odd = Session(1, T0 - 3 * M, None, extra={"startTime": "not a date"})
+    late = Session(2, T0 - 2 * M, None)
+    live = Live(MemoryUpstream([odd, late], T0), state)
+    await live.tick_at(T0 - 5 * S)
+    await live.tick_at(T0)
+    late.duration = 2 * 60 + 2
+    await live.tick_at(T0 + 5 * S)
+    assert 2 in live.delivered()
