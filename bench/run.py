@@ -81,9 +81,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         latency_window=30.0 if quick else 60.0,
         latency_started=args.latency_started,
         late_rate=2.0,
-        late_window=60.0 if quick else 120.0,
-        late_reconcile=30.0,
-        many_partners=args.partners,
+        late_window=40.0 if quick else 120.0,
+        late_reconcile=15.0 if quick else 30.0,
+        many_partners=args.partners or (50 if quick else 300),
         many_warmup=30.0 if quick else 40.0,
         many_window=30.0 if quick else 60.0,
         idle_warmup=10.0,
@@ -660,7 +660,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 20k sessions, 1 run, memory at 100k/200k, 20 s latency/idle windows",
+        help="a smoke run: 20k sessions, 1 run, memory at 100k/200k, 50 partners, shorter "
+        "windows and a 15 s reconcile interval in the late run",
     )
     parser.add_argument(
         "--latency-started",
@@ -673,9 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--partners",
         type=int,
-        default=300,
         metavar="N",
-        help="partners in one daemon in the many-partners benchmark (default 300)",
+        help="partners in one daemon in the many-partners benchmark (default 300; 50 with --quick)",
     )
     parser.add_argument(
         "--table-labels",
