@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +46,11 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def partner_key(partner_id: int) -> str:
+    """Each partner's own API key (the first one's is the environment's, as in production)."""
+    return API_KEY if partner_id == PARTNER_ID else f"bench-key-{partner_id}-{API_KEY[-6:]}"
+
+
 def child_env() -> dict[str, str]:
     """The benchmark's environment without the daemon's own variables, plus the API key."""
     env = {
@@ -66,8 +72,10 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.1)
 class Emulator:
     """A `glance-poller emulator` process and its admin API."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, partners: Sequence[int] = (PARTNER_ID,)) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.partners = list(partners)
+        partner_args = [f"--partner={pid}:{partner_key(pid)}" for pid in self.partners]
         port_file = workdir / f"emulator-{uuid.uuid4().hex[:6]}.port"
         self.log_path = workdir / "emulator.log"
         with self.log_path.open("ab") as log:
@@ -76,7 +84,7 @@ class Emulator:
                     PYTHON, "-m", "poller", "emulator",
                     "--port", "0",
                     "--port-file", str(port_file),
-                    "--partner", f"{PARTNER_ID}:{API_KEY}",
+                    *partner_args,
                     "--log-level", "WARNING",
                     *args,
                 ],
@@ -176,9 +184,11 @@ def write_config(
     topics: Topics,
     state_path: Path,
     overrides: dict[str, dict[str, Any]] | None = None,
+    partners: Sequence[int] = (PARTNER_ID,),
 ) -> Path:
     """A daemon configuration like the integration tests', with production defaults for
-    everything the benchmark does not need to change (Kafka batching included)."""
+    everything the benchmark does not need to change (Kafka batching included). The first
+    partner's key comes from the environment, every other partner's from its own key file."""
     sections: dict[str, dict[str, Any]] = {
         "glance": {"base_url": emulator_url, "page_size": PAGE_SIZE, "request_timeout": "30s"},
         "kafka": {"bootstrap_servers": bootstrap},
@@ -194,8 +204,17 @@ def write_config(
     for section, values in sections.items():
         lines.append(f"[{section}]")
         lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-    lines += ["[[partners]]", f"id = {PARTNER_ID}", f'api_key_env = "{KEY_ENV}"']
     path.parent.mkdir(parents=True, exist_ok=True)
+    for partner_id in partners:
+        lines += ["[[partners]]", f"id = {partner_id}"]
+        if partner_id == PARTNER_ID:
+            lines.append(f'api_key_env = "{KEY_ENV}"')
+        else:
+            key_file = path.parent / "keys" / str(partner_id)
+            key_file.parent.mkdir(exist_ok=True)
+            key_file.write_text(partner_key(partner_id) + "\n")
+            key_file.chmod(0o600)
+            lines.append(f"api_key_file = {_toml(str(key_file))}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -290,7 +309,7 @@ def frozen_clock() -> datetime:
     return datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
 
 
-def backfill_range(clock: datetime) -> tuple[datetime, datetime]:
-    """29 days of past sessions, one upstream window (< 31 days), all ended by ``clock``
+def backfill_range(clock: datetime, days: int = 29) -> tuple[datetime, datetime]:
+    """``days`` of past sessions (29: one upstream window, < 31 days), all ended by ``clock``
     (the longest generated session lasts 12 h)."""
-    return clock - timedelta(days=30), clock - timedelta(days=1)
+    return clock - timedelta(days=days + 1), clock - timedelta(days=1)
