@@ -40,7 +40,7 @@ from poller.errors import (
     RetriableUpstreamError,
     UpstreamMisconfigured,
 )
-from poller.glance.client import upstream_tls
+from poller.glance.client import upstream_connector
 from poller.glance.dates import to_request
 from poller.glance.records import total_count
 from poller.health import Health
@@ -159,7 +159,7 @@ class Backfill:
                     retry_forever=False,
                 )  # fmt: skip
             stack.push_async_callback(publisher.stop, settings.service.shutdown_timeout)
-            connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))
+            connector = upstream_connector(settings.glance, len(self._partners))
             http = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
             for partner in self._partners:
                 if self._stopping.is_set():

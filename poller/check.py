@@ -42,7 +42,7 @@ from poller.errors import (
     ConfigError,
     UpstreamError,
 )
-from poller.glance.client import GlanceClient, upstream_tls
+from poller.glance.client import GlanceClient, upstream_connector
 from poller.publisher import connection_options
 from poller.settings import (
     Config,
@@ -228,7 +228,7 @@ async def _connectivity(config: Config, args: argparse.Namespace) -> list[Row]:
         update={"request_timeout": min(settings.glance.request_timeout, timeout)}
     )
     with _captured_kafka_logs() as kafka_log:
-        connector = aiohttp.TCPConnector(ssl=upstream_tls(glance))
+        connector = upstream_connector(glance, len(config.partners))
         async with aiohttp.ClientSession(connector=connector) as http:
             partner_rows, kafka_rows = await asyncio.gather(
                 asyncio.gather(

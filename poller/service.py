@@ -39,7 +39,7 @@ from poller.errors import (
     UnknownOperation,
     UpstreamMisconfigured,
 )
-from poller.glance.client import GlanceClient, upstream_tls
+from poller.glance.client import GlanceClient, upstream_connector
 from poller.health import Health
 from poller.launch import stop_requested
 from poller.logs import get_logger
@@ -142,7 +142,7 @@ class Service:
             self.request_stop()
         watcher: asyncio.Task[None] | None = None
         try:
-            connector = aiohttp.TCPConnector(ssl=upstream_tls(settings.glance))
+            connector = upstream_connector(settings.glance, len(self._config.partners))
             async with aiohttp.ClientSession(connector=connector) as http:
                 self._partners = [
                     self._partner_run(http, p, publisher, state) for p in self._config.partners

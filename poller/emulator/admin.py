@@ -27,7 +27,8 @@ session is not in a state that allows it).
                                        ``{"rate"}``
 ``GET /admin/stats``                   ``{"calls": {operation: {label: n}}, "partners": {id:
                                        {"calls", "admitted", "throttled", "inFlight",
-                                       "peakConcurrent"}}}``
+                                       "peakConcurrent"}}, "allPartners": {the same, all
+                                       partners together}}``
 ``POST /admin/stats/reset``            the same, emptied
 ``POST /admin/reset``                  forget sessions, faults and counters
 ``GET|POST /admin/partners``           ``{"partnerId", "apiKey"}`` -> ``{"partners"}``
@@ -398,8 +399,14 @@ class AdminApi:
 
     def _stats(self) -> dict[str, Any]:
         """``{"calls": {operation: {outcome or kind: n}}, "partners": {id: {"calls",
-        "admitted", "throttled", "inFlight", "peakConcurrent"}}}``."""
-        return {**self.state.stats.snapshot(), "partners": self.state.behaviour.load_snapshot()}
+        "admitted", "throttled", "inFlight", "peakConcurrent"}}, "allPartners": {the same,
+        every partner's requests together}}``."""
+        behaviour = self.state.behaviour
+        return {
+            **self.state.stats.snapshot(),
+            "partners": behaviour.load_snapshot(),
+            "allPartners": behaviour.total.to_json(),
+        }
 
     # -- service behaviour (latency, concurrency limit) and live traffic -----------------------
 

@@ -86,6 +86,8 @@ class ServiceBehaviour:
     """The ``Retry-After`` of those refusals, in seconds (rounded up)."""
     seed: int | str = 0
     load: dict[str, PartnerLoad] = field(default_factory=dict, init=False)
+    total: PartnerLoad = field(default_factory=lambda: PartnerLoad(), init=False)
+    """Every partner's requests together."""
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -149,16 +151,19 @@ class ServiceBehaviour:
             load = self.load[partner] = PartnerLoad()
         if self.max_concurrent and load.in_flight >= self.max_concurrent:
             load.throttled += 1
+            self.total.throttled += 1
             return False
-        load.admitted += 1
-        load.in_flight += 1
-        load.peak = max(load.peak, load.in_flight)
+        for counted in (load, self.total):
+            counted.admitted += 1
+            counted.in_flight += 1
+            counted.peak = max(counted.peak, counted.in_flight)
         return True
 
     def release(self, partner: str) -> None:
         load = self.load.get(partner)
         if load is not None and load.in_flight > 0:
             load.in_flight -= 1
+            self.total.in_flight -= 1
 
     def refusal(self) -> int:
         """The status of the next refusal for concurrency: 429 or 503 (seeded)."""
@@ -189,6 +194,8 @@ class ServiceBehaviour:
             for partner, load in self.load.items()
             if load.in_flight
         }
+        in_flight = self.total.in_flight
+        self.total = PartnerLoad(in_flight=in_flight, peak=in_flight)
 
 
 def partner_of(raw: bytes, partners: dict[int, str] | Any) -> str:

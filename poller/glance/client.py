@@ -53,6 +53,11 @@ SESSION_COUNTS = "PartnerSessionCounts"
 _CHUNK = 256 * 1024
 
 
+# The upstream calls one partner can have in flight at once: two pages of a scan (one read, the
+# next fetched meanwhile) for each of two streams, a count, and room for a backfill's windows.
+CALLS_PER_PARTNER = 8
+
+
 def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
     """Verification on by default; a private CA replaces the system's; off only by choice."""
     if not glance.verify_tls:
@@ -60,6 +65,14 @@ def upstream_tls(glance: GlanceSettings) -> ssl.SSLContext | bool:
     if glance.ca_file is not None:
         return ssl.create_default_context(cafile=str(glance.ca_file))
     return True
+
+
+def upstream_connector(glance: GlanceSettings, partners: int) -> aiohttp.TCPConnector:
+    """The connection pool every partner's client shares, large enough that no partner's call
+    waits for a connection another partner holds (aiohttp's default is 100 in all)."""
+    return aiohttp.TCPConnector(
+        ssl=upstream_tls(glance), limit=max(100, CALLS_PER_PARTNER * partners)
+    )
 
 
 @dataclass

@@ -5,6 +5,7 @@ and one state file)."""
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter, defaultdict
 
 from tests.integration.harness import (
@@ -79,3 +80,34 @@ def test_fifty_partners_in_one_process_each_get_their_own_sessions_and_nothing_e
     assert max(owners.values()) == 1
     assert set(owners) == {(p, i) for p, ids in expected.items() for i in ids}
     assert consume(poller.bootstrap, poller.topics.dlq, idle=0.5) == []
+
+
+def test_no_partner_waits_for_a_connection_another_partner_holds(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """A slow service and more partners than a default HTTP pool's 100 connections: every
+    partner's first call is in flight at once, none queued behind the others'."""
+    many = 150
+    others = {910000 + i: f"key-{i:03d}-9f2d" for i in range(1, many)}
+    for partner_id, key in others.items():
+        emulator.admin("POST", "/admin/partners", {"partnerId": partner_id, "apiKey": key})
+    poller.other_partners = others
+    emulator.admin("POST", "/admin/service", {"latency": "10s"})
+    poller.settings["glance"] = {"request_timeout": "60s"}
+    poller.settings["started"] = {"enabled": False}
+    poller.settings["counts"] = {"enabled": False}
+    poller.settings["reconcile"] = {"enabled": False}
+    poller.settings["service"] = {"start_jitter": "0s"}
+    emulator.admin("POST", "/admin/stats/reset")
+    daemon = poller.start()
+    try:
+        peak = 0
+        for _ in range(120):
+            peak = emulator.admin("GET", "/admin/stats")["allPartners"]["peakConcurrent"]
+            if peak >= many or daemon.poll() is not None:
+                break
+            time.sleep(0.25)
+    finally:
+        code = kill(daemon, signal.SIGTERM)
+    assert peak >= many, f"only {peak} of {many} partners' calls were in flight together"
+    assert code == 0, poller.log_text()[-3000:]
