@@ -92,7 +92,7 @@ def test_no_partner_waits_for_a_connection_another_partner_holds(
     for partner_id, key in others.items():
         emulator.admin("POST", "/admin/partners", {"partnerId": partner_id, "apiKey": key})
     poller.other_partners = others
-    emulator.admin("POST", "/admin/service", {"latency": "10s"})
+    emulator.admin("POST", "/admin/service", {"latency": "5s"})
     poller.settings["glance"] = {"request_timeout": "60s"}
     poller.settings["started"] = {"enabled": False}
     poller.settings["counts"] = {"enabled": False}
