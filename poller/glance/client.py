@@ -75,6 +75,12 @@ def upstream_connector(glance: GlanceSettings, partners: int) -> aiohttp.TCPConn
     )
 
 
+# Readings this far apart (seconds) tell whether upstream's clock keeps pace with the host's.
+PACE_SPAN = 5.0
+# A clock that keeps pace is carried forward this long (seconds) without a call.
+CARRY_FOR = 60.0
+
+
 @dataclass
 class ServerClock:
     """Upstream's notion of now, from the ``Date`` header of its latest answer, trusted only
@@ -91,6 +97,10 @@ class ServerClock:
     # When (host monotonic time) ``latest`` was read: an old reading must be refreshed.
     observed_at: float = 0.0
     bounded: bool = field(default=False, repr=False)
+    # Whether upstream's clock advanced as the host's did between two readings PACE_SPAN apart.
+    keeps_pace: bool = False
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _pace_from: tuple[datetime, float] | None = field(default=None, repr=False)
 
     def observe(self, header: str | None) -> datetime | None:
         """Take in one answer's ``Date``; returns it, bounded (None when absent/unreadable)."""
@@ -103,11 +113,26 @@ class ServerClock:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         moment = self.bound(moment.astimezone(UTC))
+        at = self.monotonic()
+        self._check_pace(moment, at)
         # Concurrent answers can arrive out of order: an older one must not move now back.
         if self.latest is None or moment >= self.latest:
             self.latest = moment
-        self.observed_at = time.monotonic()
+            self.observed_at = at
         return moment
+
+    def _check_pace(self, moment: datetime, at: float) -> None:
+        if self._pace_from is None:
+            self._pace_from = (moment, at)
+            return
+        then, then_at = self._pace_from
+        elapsed = at - then_at
+        if elapsed < PACE_SPAN:
+            return
+        # Whole-second dates and answers' own latency: two seconds either way is at pace. A
+        # clock that jumped (set by hand, an emulator's faster time) is not trusted to run on.
+        self.keeps_pace = abs((moment - then).total_seconds() - elapsed) <= 2.0
+        self._pace_from = (moment, at)
 
     def bound(self, moment: datetime) -> datetime:
         host = datetime.now(UTC)
@@ -131,14 +156,25 @@ class ServerClock:
         return host + limit if skew > 0 else host - limit
 
     def now(self) -> datetime | None:
-        """The latest reading, never beyond the host clock plus the tolerance."""
+        """The latest reading (carried forward when the clock keeps pace), never beyond the
+        host clock plus the tolerance."""
         if self.latest is None:
             return None
+        moment = self.latest
+        if self.keeps_pace:
+            moment += timedelta(seconds=self.age())
         ceiling = datetime.now(UTC) + timedelta(seconds=self.tolerance)
-        return min(self.latest, ceiling)
+        return min(moment, ceiling)
 
     def age(self) -> float:
-        return time.monotonic() - self.observed_at if self.latest is not None else float("inf")
+        return self.monotonic() - self.observed_at if self.latest is not None else float("inf")
+
+    def fresh(self, max_age: float) -> bool:
+        """Whether ``now()`` can be had without asking: a recent reading, or one carried
+        forward for at most ``CARRY_FOR`` seconds."""
+        if self.latest is None:
+            return False
+        return self.age() <= (CARRY_FOR if self.keeps_pace else max_age)
 
 
 def _retry_after(header: str | None, server_now: datetime | None) -> float | None:
@@ -339,14 +375,15 @@ class GlanceClient:
     async def server_now(
         self, max_age: float = 1.0, *, later_than: datetime | None = None
     ) -> datetime:
-        """Upstream's current time: the latest ``Date`` header, refreshed with one small
-        counts call when it is older than ``max_age`` seconds, or when (in whole seconds) it
-        is no later than ``later_than``. Without the refresh, ticks that make no other call
-        would keep seeing the same instant and never move on."""
+        """Upstream's current time: the latest ``Date`` header (carried forward while its
+        clock keeps pace with ours), refreshed with one small counts call when it is older
+        than ``max_age`` seconds, or when (in whole seconds) it is no later than
+        ``later_than``. Without the refresh, ticks that make no other call would keep seeing
+        the same instant and never move on."""
         latest = self.clock.now()
         if (
             latest is None
-            or self.clock.age() > max_age
+            or not self.clock.fresh(max_age)
             or (later_than is not None and latest.replace(microsecond=0) <= later_than)
         ):
             local = datetime.now(UTC)

@@ -43,3 +43,64 @@ def test_garbage_dates_are_ignored() -> None:
     for header in ("", "yesterday", "Thu, 99 Foo 20999 99:99:99 GMT", "\x00" * 50):
         assert clock.observe(header) is None
     assert clock.latest is None and clock.now() is None
+
+
+class Monotonic:
+    """The host's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_clock_that_stands_still_is_never_carried_forward() -> None:
+    host = datetime.now(UTC).replace(microsecond=0)
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 6
+    clock.observe(http_date(host))  # six seconds later, the same instant: a frozen clock
+    mono.now += 30
+    assert clock.now() == host
+    assert not clock.fresh(1.0), "a stale reading of a frozen clock must be asked again"
+
+
+def test_a_clock_keeping_pace_is_carried_forward_never_ahead_of_upstream() -> None:
+    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 6.4
+    clock.observe(http_date(host + 6 * S))  # read 6.4 s later: upstream's 6.4 s, floored
+    mono.now += 20
+    assert clock.now() == host + 26 * S, "the reading plus the host's time since it"
+    # Upstream's true time then is at least host + 26.4 s: the estimate is not ahead of it.
+    assert clock.fresh(1.0)
+    mono.now += 61
+    assert not clock.fresh(1.0), "carried forward a minute at most"
+
+
+def test_a_clock_that_stops_is_no_longer_carried_forward() -> None:
+    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 6
+    clock.observe(http_date(host + 6 * S))
+    mono.now += 6
+    clock.observe(http_date(host + 6 * S))  # stopped (an emulator's clock, set to speed 0)
+    mono.now += 10
+    assert clock.now() == host + 6 * S
+
+
+def test_a_clock_that_jumps_is_not_carried_forward() -> None:
+    host = datetime.now(UTC).replace(microsecond=0) - 200 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 6
+    clock.observe(http_date(host + 120 * S))  # moved on by hand, then maybe frozen again
+    mono.now += 10
+    assert clock.now() == host + 120 * S
