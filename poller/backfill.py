@@ -45,7 +45,7 @@ from poller.glance.dates import to_request
 from poller.glance.records import total_count
 from poller.health import Health
 from poller.launch import stop_requested
-from poller.limiter import ConcurrencyLimiter
+from poller.limiter import ConcurrencyLimiter, HeldPages
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
@@ -209,7 +209,9 @@ class Backfill:
                      concurrency=limit, ceiling=ceiling, why=why)  # fmt: skip
 
         limiter = ConcurrencyLimiter(ceiling, on_change=changed)
-        scanner = wire(gate=limiter.slot)
+        # The windows in flight share the room for pages built and awaiting Kafka: one each,
+        # and one more for whichever is ready first (a single window keeps its two).
+        scanner = wire(gate=limiter.slot, held=HeldPages(ceiling + 1))
         feed = scanner.feed
         plan = RangeWindows(scanner, self._stream, span)
         if plan.complete():

@@ -42,6 +42,14 @@ _TYPE_HEADERS = {
 }
 
 
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON, in a buffer of its own size. orjson (3.12 on) hands back its working
+    buffer, at least 4 KiB and grown by doubling, without trimming it: an 830-byte event value
+    held 8 KiB for as long as its event awaited its acknowledgement. The copy costs about
+    0.2 µs."""
+    return b"".join((orjson.dumps(value), b""))  # two parts: join copies, exactly
+
+
 class Event(NamedTuple):
     """A named tuple rather than a dataclass: one is made per session, and a tuple is made
     several times faster."""
@@ -264,7 +272,7 @@ class EventBuilder:
         if observed_active is not None:
             body["observedActive"] = observed_active
         body["session"] = session
-        value = orjson.dumps(body)
+        value = to_json(body)
         subject = str(session_id).encode()
         occurred = (session["endTime"] if ended else session["startTime"]).encode()
         headers = self._headers(
@@ -287,7 +295,7 @@ class EventBuilder:
     def counts(self, snapshot: CountsSnapshot) -> Event:
         """One snapshot of the day's session counts; keyed by partner, one id per instant."""
         as_of = to_event(snapshot.as_of)
-        value = orjson.dumps(
+        value = to_json(
             {
                 "partnerId": self.partner_id,
                 "asOf": as_of,
@@ -324,7 +332,7 @@ class EventBuilder:
         ):
             if isinstance(value, str):
                 headers.append((name, value.encode()))
-        return Event(self._topics.dlq, key, orjson.dumps(self._pii.scrubbed(raw)), headers)
+        return Event(self._topics.dlq, key, to_json(self._pii.scrubbed(raw)), headers)
 
     def refused(self, event: Event, reason: str, operation: str, limit: int) -> Event:
         """A dead letter for an event Kafka refused (too large, invalid): its headers say
@@ -343,7 +351,7 @@ class EventBuilder:
         # Escaping can double the text (quotes, backslashes): half the room is always enough.
         room = max(0, limit - 4096) // 2
         truncated = size > room
-        value = orjson.dumps(
+        value = to_json(
             {
                 "partnerId": self.partner_id,
                 "sessionId": event.session_id,

@@ -110,3 +110,31 @@ class ConcurrencyLimiter:
     def _changed(self, why: str) -> None:
         if self._on_change is not None:
             self._on_change(self.limit, why)
+
+
+class HeldPages:
+    """At most ``limit`` pages built (their events made and handed to Kafka) and not yet
+    committed, across every scan that shares it: the backfill's windows in flight share one, so
+    what they hold in memory does not grow with the windows. A scan that holds a page and finds
+    no room commits it before taking room for the next (it never waits while holding one), so
+    scans cannot wait on each other in a circle. ``peak`` is the most held at once."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the limit is at least 1")
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self._room = asyncio.Semaphore(limit)
+
+    def full(self) -> bool:
+        return self._room.locked()
+
+    async def take(self) -> None:
+        await self._room.acquire()
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+
+    def give(self) -> None:
+        self.held -= 1
+        self._room.release()

@@ -8,6 +8,7 @@ import aiohttp
 
 from poller.events import EventBuilder, PiiPolicy
 from poller.glance.client import Gate, GlanceClient
+from poller.limiter import HeldPages
 from poller.publisher import Publisher
 from poller.settings import Partner, Settings
 from poller.state import StateStore
@@ -25,8 +26,9 @@ def wire_partner(
     *,
     started_enabled: bool,
     gate: Gate | None = None,
+    held: HeldPages | None = None,
 ) -> Scanner:
     client = GlanceClient(http, settings.glance, partner, settings.retry, gate)
     builder = EventBuilder(partner.id, settings.topics, PiiPolicy.from_settings(settings.events))
     feed = PartnerFeed(partner.id, builder, publisher, state, started_enabled=started_enabled)
-    return Scanner(client, feed, settings.glance.page_size, stopping)
+    return Scanner(client, feed, settings.glance.page_size, stopping, held)

@@ -430,6 +430,7 @@ class GlanceClient:
                 if not paginator.finished:
                     pending = self._fetch_page(operation, window, page_size, paginator.token)
                 yield page
+                del page  # the caller's now: not kept here while the next one is awaited
                 if repeated is not None:
                     raise repeated
         finally:

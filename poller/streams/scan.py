@@ -21,6 +21,7 @@ from poller.events import EventType
 from poller.glance.client import GlanceClient
 from poller.glance.paging import RepeatedPageToken
 from poller.glance.records import SessionPage
+from poller.limiter import HeldPages
 from poller.logs import get_logger
 from poller.streams.feed import Delivered, PartnerFeed, Sending
 from poller.window import Window
@@ -42,12 +43,20 @@ class ScanOutcome:
 
 class Scanner:
     def __init__(
-        self, client: GlanceClient, feed: PartnerFeed, page_size: int, stopping: asyncio.Event
+        self,
+        client: GlanceClient,
+        feed: PartnerFeed,
+        page_size: int,
+        stopping: asyncio.Event,
+        held: HeldPages | None = None,
     ) -> None:
         self.client = client
         self.feed = feed
         self.page_size = page_size
         self.stopping = stopping
+        # Shared by every scan of this scanner: pages built and not yet committed (None: two
+        # per scan, the one awaiting its acknowledgements and the next).
+        self.held = held
 
     async def scan(
         self,
@@ -70,14 +79,18 @@ class Scanner:
         records_read = metrics.RECORDS_READ.labels(str(self.feed.partner_id), stream)
         pages = self.client.session_pages(operation, window, self.page_size, cursor.next_id)
         in_flight: tuple[Sending, SessionPage, Cursor] | None = None
+        held, holding = self.held, 0
 
         async def settle() -> None:
-            nonlocal in_flight
+            nonlocal in_flight, holding
             if in_flight is None:
                 return
             sending, page, after = in_flight
             in_flight = None
             delivered = await self.feed.settle(sending)
+            if held is not None:
+                held.give()
+                holding -= 1
             outcome.delivered.add(delivered)
             outcome.cursor = after
             if on_page is not None:
@@ -95,6 +108,11 @@ class Scanner:
                 outcome.served_at = page.served_at
                 records_read.inc(len(page.records))
                 after = (in_flight[2] if in_flight else cursor).after_page(page.next_token)
+                if held is not None:
+                    if held.full():
+                        await settle()  # never wait for room while holding a page
+                    await held.take()
+                    holding += 1
                 sending = await self.feed.send(
                     page.records,
                     stream,
@@ -119,6 +137,9 @@ class Scanner:
             if cursor_name:
                 self.feed.commit(cursors={cursor_name: outcome.cursor})
         finally:
+            if held is not None:
+                for _ in range(holding):  # pages abandoned (a failure, a cancellation)
+                    held.give()
             await pages.aclose()
         return outcome
 

@@ -28,6 +28,8 @@ class MemoryPublication:
     async def acknowledged(self) -> list[Refusal]:
         publisher = self._publisher
         await publisher.gate.wait()
+        for _ in range(publisher.ack_turns):
+            await asyncio.sleep(0)
         publisher.ack_calls += 1
         if publisher.ack_calls in publisher.fail_ack_calls:
             raise PublishFailed("timeout", f"{len(self._events)} event(s) not acknowledged")
@@ -45,7 +47,8 @@ class MemoryPublication:
 
 class MemoryPublisher:
     """Kafka in memory: what was handed over, and what was acknowledged, in order.
-    ``fail_ack_calls`` makes those acknowledgements (1-based) fail; ``gate`` holds them."""
+    ``fail_ack_calls`` makes those acknowledgements (1-based) fail; ``gate`` holds them;
+    each takes ``ack_turns`` turns of the event loop (others run meanwhile)."""
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self.max_event_bytes = max_event_bytes
@@ -56,6 +59,7 @@ class MemoryPublisher:
         self.ack_calls = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        self.ack_turns = 0
 
     async def send(self, events: Sequence[Event]) -> Publication:
         self.handed.extend(events)

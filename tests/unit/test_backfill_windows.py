@@ -3,18 +3,30 @@ a window's own cursor proves done."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from poller.backfill_windows import PAGES_PER_WINDOW, STEPS, WINDOWS_PER_CALL, RangeWindows, cut
+from poller.backfill_windows import (
+    PAGES_PER_WINDOW,
+    STEPS,
+    WINDOWS_PER_CALL,
+    Outcome,
+    RangeWindows,
+    cut,
+)
 from poller.cursor import Cursor
+from poller.errors import PublishFailed
+from poller.limiter import ConcurrencyLimiter, HeldPages
+from poller.settings import TopicSettings
 from poller.state import StateStore
-from poller.window import Window
-from tests.unit.fakes import MemoryPublisher, MemoryUpstream
+from poller.streams.scan import Scanner
+from poller.window import Window, buckets
+from tests.unit.fakes import MemoryPublisher, MemoryUpstream, Session
 from tests.unit.test_pipeline import scanner_for
 
 T0 = datetime(2025, 11, 20, tzinfo=UTC)
@@ -100,3 +112,68 @@ def test_a_window_is_resumed_only_from_its_own_cursor_whatever_the_cut_was(
     covered = [cursor.window for _, cursor in resumed]
     assert covered == days[2:]
     assert all(cursor.next_id == 0 for _, cursor in resumed)
+
+
+def _most_awaiting_kafka(log: list[tuple[str, int]]) -> int:
+    """The most pages handed to Kafka and not yet acknowledged at once (one send per page)."""
+    most = now = 0
+    for what, _count in log:
+        now += 1 if what == "sent" else -1
+        most = max(most, now)
+    return most
+
+
+def _backfill(
+    state: StateStore, publisher: MemoryPublisher, held: HeldPages | None
+) -> tuple[RangeWindows, Callable[[], Awaitable[Outcome]]]:
+    """Eight one-day windows of 3-session pages, four fetched at once."""
+    span = Window(T0, T0 + timedelta(days=8))
+    sessions = [Session(i, T0 + timedelta(hours=i), 60) for i in range(1, 8 * 24)]
+    upstream = MemoryUpstream(sessions, span.end + timedelta(days=1))
+    feed = scanner_for(upstream, publisher, state).feed
+    scanner = Scanner(upstream, feed, upstream.page_size, asyncio.Event(), held)  # type: ignore[arg-type]
+    plan = RangeWindows(scanner, "backfill:r", span)
+    pending = plan.pending(buckets(span, timedelta(days=1)))
+
+    def fetch() -> Awaitable[Outcome]:
+        return plan.fetch(pending, 4, ConcurrencyLimiter(4), lambda sessions, flight: None)
+
+    return plan, fetch
+
+
+async def test_the_windows_in_flight_never_hold_more_pages_than_their_shared_bound(
+    state: StateStore,
+) -> None:
+    publisher = MemoryPublisher()
+    publisher.ack_turns = 5  # windows interleave while their pages await Kafka
+    held = HeldPages(2)
+    plan, fetch = _backfill(state, publisher, held)
+    outcome = await fetch()
+    assert outcome.failure is None and plan.complete()
+    # Every session once, in four windows at a time, never more than two pages built and
+    # awaiting Kafka between them.
+    assert sorted(publisher.session_ids(TopicSettings().completed)) == list(range(1, 8 * 24))
+    assert outcome.pages > 8 * 2
+    assert _most_awaiting_kafka(publisher.log) <= 2
+    assert held.peak == 2 and held.held == 0
+
+
+async def test_without_the_bound_the_windows_hold_two_pages_each(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    publisher.ack_turns = 5
+    plan, fetch = _backfill(state, publisher, None)
+    outcome = await fetch()
+    assert outcome.failure is None and plan.complete()
+    assert _most_awaiting_kafka(publisher.log) > 4  # what the bound above keeps to two
+
+
+async def test_a_window_that_fails_gives_its_room_back(state: StateStore) -> None:
+    publisher = MemoryPublisher()
+    publisher.ack_turns = 5
+    publisher.fail_ack_calls = {6}
+    held = HeldPages(3)
+    plan, fetch = _backfill(state, publisher, held)
+    outcome = await fetch()
+    assert isinstance(outcome.failure, PublishFailed) and not plan.complete()
+    # The failed page and those stopped after it are given back: none is left held.
+    assert held.held == 0 and not held.full() and held.peak == 3

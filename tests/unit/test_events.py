@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -15,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.errors import BadRecord
-from poller.events import EVENT_ID_NAMESPACE, CountsSnapshot, EventBuilder, PiiPolicy, event_id
+from poller.events import (
+    EVENT_ID_NAMESPACE,
+    CountsSnapshot,
+    EventBuilder,
+    PiiPolicy,
+    event_id,
+    to_json,
+)
 from poller.glance.dates import parse_returned, returned_for_event, to_event
 from poller.glance.records import SourceRecord, parse_session_page
 from poller.settings import EventSettings, TopicSettings
@@ -548,3 +556,17 @@ def test_every_pii_field_is_handled_whichever_are_present() -> None:
     guest = {"phone": "555", "type": "v"}
     PiiPolicy("hash", "s").apply(guest)
     assert guest["phone"].startswith("sha256:") and guest["type"] == "v"
+
+
+def test_an_event_value_holds_no_more_memory_than_its_length() -> None:
+    """orjson hands back its working buffer (4 KiB at least) untrimmed: an event awaiting its
+    acknowledgement must not hold ten times its size."""
+    body = {"session": {"notes": "x" * 800}}
+    tracemalloc.start()
+    try:
+        values = [to_json(body) for _ in range(100)]
+        used, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert orjson.loads(values[0]) == body
+    assert used < 2 * 100 * len(values[0])
