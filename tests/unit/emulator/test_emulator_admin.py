@@ -174,7 +174,13 @@ async def test_partners_stats_and_reset(emulator: Emulator) -> None:
     assert (status, body) == (200, {"d": []})
     stats = await emulator.admin("GET", "/admin/stats")
     assert stats["calls"]["PartnerSessionCounts"]["ok"] == 1
-    assert await emulator.admin("POST", "/admin/stats/reset") == {"calls": {}, "partners": {}}
+    assert stats["allPartners"]["calls"] == stats["partners"]["777"]["calls"] == 1
+    nothing = {"calls": 0, "admitted": 0, "throttled": 0, "inFlight": 0, "peakConcurrent": 0}
+    assert await emulator.admin("POST", "/admin/stats/reset") == {
+        "calls": {},
+        "partners": {},
+        "allPartners": nothing,
+    }
     await emulator.add_sessions({"startTime": iso(T0 - HOUR)})
     await emulator.admin("POST", "/admin/faults", {"calls": [{"kind": "error500"}]})
     assert await emulator.admin("POST", "/admin/reset") == {"ok": True}
