@@ -29,7 +29,6 @@ from datetime import timedelta
 from poller.cursor import Cursor
 from poller.glance.client import COMPLETED_SESSIONS
 from poller.glance.dates import to_request
-from poller.glance.records import SessionPage
 from poller.limiter import ConcurrencyLimiter
 from poller.logs import get_logger
 from poller.streams.feed import Delivered
@@ -190,7 +189,7 @@ class RangeWindows:
             next_id=cursor.next_id,
         )
 
-        def on_page(page: SessionPage, got: Delivered, after: Cursor) -> None:
+        def on_page(got: Delivered, after: Cursor) -> None:
             if after.window is None:  # its last page, committed with it
                 self._finish(index)
             on_progress(got.emitted + got.dead_letters, flight(after.window is None))

@@ -27,7 +27,10 @@ from poller.streams.feed import Delivered, PartnerFeed, Sending
 from poller.window import Window
 
 log = get_logger(__name__)
-OnPage = Callable[[SessionPage, Delivered, Cursor], None]
+# A page read (before its events are sent): its records, for a caller that needs them.
+OnRead = Callable[[SessionPage], None]
+# A page settled: what it delivered and the cursor committed after it.
+OnPage = Callable[[Delivered, Cursor], None]
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Scanner:
         *,
         max_pages: int | None = None,
         on_page: OnPage | None = None,
+        on_read: OnRead | None = None,
         also: Mapping[str, Cursor] | None = None,
     ) -> ScanOutcome:
         """Page the cursor's window from its ``next_id`` until it ends, ``max_pages`` were
@@ -78,14 +82,16 @@ class Scanner:
         outcome = ScanOutcome(cursor)
         records_read = metrics.RECORDS_READ.labels(str(self.feed.partner_id), stream)
         pages = self.client.session_pages(operation, window, self.page_size, cursor.next_id)
-        in_flight: tuple[Sending, SessionPage, Cursor] | None = None
+        # A page awaiting its acknowledgements keeps its events, not its parsed records: with
+        # many partners catching up at once, those records would double what waits for Kafka.
+        in_flight: tuple[Sending, Cursor] | None = None
         held, holding = self.held, 0
 
         async def settle() -> None:
             nonlocal in_flight, holding
             if in_flight is None:
                 return
-            sending, page, after = in_flight
+            sending, after = in_flight
             in_flight = None
             delivered = await self.feed.settle(sending)
             if held is not None:
@@ -94,7 +100,7 @@ class Scanner:
             outcome.delivered.add(delivered)
             outcome.cursor = after
             if on_page is not None:
-                on_page(page, delivered, after)
+                on_page(delivered, after)
 
         try:
             while outcome.pages != max_pages and not self.stopping.is_set():
@@ -107,7 +113,9 @@ class Scanner:
                 outcome.pages += 1
                 outcome.served_at = page.served_at
                 records_read.inc(len(page.records))
-                after = (in_flight[2] if in_flight else cursor).after_page(page.next_token)
+                after = (in_flight[1] if in_flight else cursor).after_page(page.next_token)
+                if on_read is not None:
+                    on_read(page)
                 if held is not None:
                     if held.full():
                         await settle()  # never wait for room while holding a page
@@ -121,8 +129,9 @@ class Scanner:
                     window,
                     in_flight=in_flight[0] if in_flight else None,
                 )
+                del page
                 await settle()
-                in_flight = (sending, page, after)
+                in_flight = (sending, after)
             await settle()
         except RepeatedPageToken as exc:
             await settle()
@@ -144,7 +153,14 @@ class Scanner:
         return outcome
 
     async def listing(
-        self, operation: str, stream: EventType, window: Window, on_page: OnPage | None = None
+        self,
+        operation: str,
+        stream: EventType,
+        window: Window,
+        *,
+        on_page: OnPage | None = None,
+        on_read: OnRead | None = None,
     ) -> ScanOutcome:
         """A whole window, with no cursor of its own (rescans, listings)."""
-        return await self.scan(operation, stream, Cursor(window.start, window), on_page=on_page)
+        cursor = Cursor(window.start, window)
+        return await self.scan(operation, stream, cursor, on_page=on_page, on_read=on_read)

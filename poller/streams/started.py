@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from poller.cursor import Cursor
 from poller.errors import UnknownOperation
 from poller.glance.records import SessionPage
 from poller.settings import GlanceSettings, ReconcileSettings, StartedStreamSettings
@@ -75,13 +74,15 @@ class StartedStream:
         window = Window(now - self._lookback, now + timedelta(seconds=1))
         open_now: dict[int, datetime] = {}
 
-        def seen(page: SessionPage, delivered: Delivered, after: Cursor) -> None:
+        def seen(page: SessionPage) -> None:
             for record in page.records:
                 start = record.start()
                 if start is not None:
                     open_now[memory_key(record)] = start
 
-        outcome = await self._scanner.listing(self._settings.operation, STARTED, window, seen)
+        outcome = await self._scanner.listing(
+            self._settings.operation, STARTED, window, on_read=seen
+        )
         if self._open_sessions is not None:
             if outcome.complete and outcome.served_at is not None:
                 self._open_sessions.record(now, outcome.served_at.replace(microsecond=0), open_now)

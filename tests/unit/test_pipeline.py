@@ -143,7 +143,7 @@ async def test_the_next_page_is_sent_before_the_previous_is_acknowledged_yet_com
         "completed",
         Cursor(WINDOW.start, WINDOW),
         "completed",
-        on_page=lambda page, delivered, after: committed.append(after),
+        on_page=lambda delivered, after: committed.append(after),
     )
     assert committed == [
         Cursor(WINDOW.start, WINDOW, 3),
@@ -578,7 +578,7 @@ async def test_a_stop_finishes_every_page_handed_to_kafka(state: StateStore) -> 
         "completed",
         Cursor(WINDOW.start, WINDOW),
         "completed",
-        on_page=lambda page, delivered, after: stopping.set(),
+        on_page=lambda delivered, after: stopping.set(),
     )
     # Page 2 was already sent when page 1 settled and the stop came: it is settled too.
     assert outcome.pages == 2 and not outcome.complete
@@ -626,7 +626,7 @@ async def test_a_listing_reads_its_whole_window_and_commits_no_cursor(state: Sta
     scanner, _ = scan_of(upstream, state)
     seen: list[int] = []
     outcome = await scanner.listing(
-        LISTING, "completed", WINDOW, on_page=lambda page, d, after: seen.append(d.emitted)
+        LISTING, "completed", WINDOW, on_page=lambda d, after: seen.append(d.emitted)
     )
     assert outcome.complete and seen == [3, 1]
     assert [token for _, _, token in upstream.calls] == [0, 3]
