@@ -85,8 +85,9 @@ def test_every_kind_of_id_is_kept_as_an_integer_with_its_start(tmp_path: Path) -
         commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in ids])
         commit_old_style(store, 1, "completed", Cursor(NOW), [(7, NOW - timedelta(days=9))])
         assert store.already_emitted(1, "completed", [*ids, 8, 0]) == set(ids)
-        rows = store._db.execute("SELECT session_id, start_time FROM emitted ORDER BY 1")
-        assert rows.fetchall() == [(i, int(NOW.timestamp())) for i in ids]  # the first start
+        # Each keeps the start it was first committed with: all four at NOW, none 9 days back.
+        assert store.count_emitted(1, "completed", Window(NOW, NOW + timedelta(seconds=1))) == 4
+        assert store.count_before(1, "completed", NOW) == 0
     finally:
         store.close()
 
