@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import subprocess
@@ -690,3 +691,58 @@ def test_each_refusal_says_what_is_wrong_and_the_way_out(tmp_path: Path) -> None
             with pytest.raises(StateError) as caught:
                 opener(path)
             assert str(caught.value) == message
+
+
+# Refusals the tests, run as root, cannot arrange on disk: the system calls fail on demand
+
+
+def test_a_file_that_cannot_be_opened_or_read_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+    recover = StateError.RECOVER
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", denied)
+        with pytest.raises(StateError) as caught:
+            StateStore.open(path)
+    assert str(caught.value) == f"state file {path} cannot be opened: Permission denied: {recover}"
+    assert caught.value.exit_code == 4
+
+    def unopenable(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    for opener in (StateStore.open, StateStore.read_only):
+        with monkeypatch.context() as patched:
+            patched.setattr(sqlite3, "connect", unopenable)
+            with pytest.raises(StateError) as caught:
+                opener(path)
+        assert str(caught.value) == (
+            f"state file {path} cannot be read (unable to open database file): {recover}"
+        )
+        assert caught.value.exit_code == 4
+    # The refused opening let go of the lock it had taken: the next one gets it.
+    StateStore.open(path).close()
+
+
+def test_a_file_that_cannot_be_made_private_is_still_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's file (a volume restored by hand): chmod fails, the daemon still runs."""
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+
+    def not_ours(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", not_ours)
+    store = StateStore.open(path)
+    try:
+        store.commit(1, cursors={"completed": Cursor(NOW)})
+        assert store.cursor(1, "completed") == Cursor(NOW)
+    finally:
+        store.close()
