@@ -8,13 +8,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from poller import metrics
 from poller.cursor import Cursor
 from poller.errors import StateError
 from poller.state import Forget, StateStore, move_aside, parse_cli_date
@@ -744,5 +745,55 @@ def test_a_file_that_cannot_be_made_private_is_still_opened(
     try:
         store.commit(1, cursors={"completed": Cursor(NOW)})
         assert store.cursor(1, "completed") == Cursor(NOW)
+    finally:
+        store.close()
+
+
+def test_a_file_failing_the_integrity_check_is_refused_naming_it(tmp_path: Path) -> None:
+    """Readable pages, but a row SQLite's own check rejects: a NULL where the schema says
+    NOT NULL (written through an altered schema, then the schema put back)."""
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+
+    def schema_of_meta(change: Callable[[str], str]) -> str:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA writable_schema = ON")
+        (schema,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'meta'", (change(schema),))
+        db.commit()
+        db.close()
+        return str(schema)
+
+    written = schema_of_meta(lambda schema: schema.replace("NOT NULL", ""))
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO meta VALUES ('extra', NULL)")
+    db.commit()
+    db.close()
+    schema_of_meta(lambda _: written)
+    before = path.read_bytes()
+    for opener in (StateStore.open, StateStore.read_only):
+        with pytest.raises(StateError) as caught:
+            opener(path)
+        assert str(caught.value) == (
+            f"state file {path} is damaged (integrity check: NULL value in meta.value): "
+            f"{StateError.RECOVER}"
+        )
+    assert path.read_bytes() == before
+
+
+def test_a_commit_is_timed_in_its_histogram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    name = "glance_poller_state_commit_seconds"
+    try:
+        before = metrics.REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+        count = metrics.REGISTRY.get_sample_value(f"{name}_count") or 0.0
+        ticks = iter([1000.0, 1000.25])
+        monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
+        store.commit(1, cursors={"completed": Cursor(NOW)})
+        monkeypatch.undo()
+        assert metrics.REGISTRY.get_sample_value(f"{name}_sum") == before + 0.25
+        assert metrics.REGISTRY.get_sample_value(f"{name}_count") == count + 1
     finally:
         store.close()
