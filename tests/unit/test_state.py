@@ -650,6 +650,13 @@ def test_dates_are_utc_whatever_the_hosts_zone(tmp_path: Path) -> None:
     try:
         cursor = store.cursor(3, "completed")
         assert cursor is not None and cursor.scanned_until.utcoffset() == timedelta(0)
+        # What `state show` prints, and what the file keeps, is written in UTC too.
+        store.commit(3, cursors={"started": Cursor(NOW)}, emitted={"started": [(1, NOW)]})
+        shown = store.snapshot()
+        (started,) = [s for s in shown["streams"] if s["stream"] == "started"]
+        assert started["scannedUntil"] == "2026-01-02T03:04:05+00:00"
+        assert started["emittedStartTimes"]["oldest"] == "2026-01-02T03:04:05+00:00"
+        assert str(shown["meta"]["opened_at"]).endswith("+00:00")
     finally:
         store.close()
     for text in ("2026-01-02T03:04:05", "2026-01-02T04:04:05+01:00"):
