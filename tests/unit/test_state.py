@@ -615,6 +615,7 @@ def test_every_refusal_names_the_file(tmp_path: Path) -> None:
     db.close()
     for path, problem in (
         (empty, "is empty"),
+        (empty / "state.sqlite3", "cannot be read: Not a directory"),
         (unmakeable, "cannot be created: "),
         (foreign, "did not write"),
     ):
