@@ -8,6 +8,7 @@ import logging
 
 import orjson
 import pytest
+import structlog
 
 from poller import logs
 from poller.errors import RetriableUpstreamError
@@ -332,7 +333,9 @@ def test_the_redactor_keeps_what_it_knew_and_scrubs_every_shape() -> None:
     assert empty(None, "info", event) is event
 
 
-@pytest.mark.parametrize("secret", ["ünïcode-secret", "abcdefg", "ünï'q\"-sec/ret\t"])
+@pytest.mark.parametrize(
+    "secret", ["ünïcode-secret", "abcdefg", "ünï'q\"-sec/ret\t", "with space/and-slash"]
+)
 def test_escaped_and_unpadded_forms_of_a_secret_are_redacted(secret: str) -> None:
     import base64
     from urllib.parse import quote, quote_plus
@@ -360,3 +363,78 @@ def test_the_defaults_write_info_lines_as_json_to_standard_output(
     logs.get_logger("poller.test").debug("hidden")
     (line,) = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert line["event"] == "shown" and line["level"] == "info"
+
+
+# Found by mutation testing (tests/MUTANTS.md): what the surviving mutants of logs.py broke
+
+
+def test_bytes_that_are_not_utf8_are_still_scrubbed() -> None:
+    """A library's raw bytes (a binary answer, a Kafka frame) are rarely valid UTF-8: the
+    redactor still shows them, with the secret replaced, instead of failing on the line
+    (a failing formatter makes logging print the raw record, secret included, to stderr)."""
+    redactor = logs.SecretRedactor(["binary-secret"])
+    assert redactor.scrub(b"\xff\xfe binary-secret") == "\\xff\\xfe [REDACTED]"
+    assert redactor.scrub(bytearray(b"binary-secret \x80")) == "[REDACTED] \\x80"
+
+
+def test_a_secret_containing_another_is_replaced_whole_whatever_their_spelling() -> None:
+    """Longest first, not in alphabetical order: the inner secret sorts after the outer."""
+    inner = "zzzzzz"
+    redactor = logs.SecretRedactor([inner, "aa" + inner + "aa"])
+    assert redactor.scrub("k=aa" + inner + "aa") == "k=[REDACTED]"
+    redactor = logs.SecretRedactor(["aa" + inner + "aa", inner])
+    assert redactor.scrub("k=aa" + inner + "aa") == "k=[REDACTED]"
+
+
+def test_every_kafka_client_logger_is_demoted_however_deep() -> None:
+    demoting = logs.LibraryRecords(logging.INFO)
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.producer.sender"):
+        record = logging.LogRecord(name, logging.ERROR, "", 0, "Unable connect", None, None)
+        assert not demoting.filter(record), name
+        assert record.levelno == logging.DEBUG, name
+
+
+def test_json_is_json_even_on_a_terminal() -> None:
+    out = Terminal()
+    logs.configure("info", "json", stream=out)
+    logs.get_logger("poller.test").info("hello", count=3)
+    (line,) = lines(out)
+    assert line["event"] == "hello" and line["count"] == 3
+
+
+def test_by_default_a_terminal_gets_console_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = Terminal()
+    monkeypatch.setattr("sys.stdout", out)
+    logs.configure()
+    logs.get_logger("poller.test").info("hello")
+    assert "hello" in out.getvalue() and "\x1b[" in out.getvalue()
+
+
+def test_the_first_configuration_of_a_process_writes_json_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the daemon, ``state show`` or ``tail`` start: structlog as a new process has it,
+    and no secret known yet (so nothing is turned into text by the redactor)."""
+    structlog.reset_defaults()
+    monkeypatch.setattr(logs, "redactor", logs.SecretRedactor())
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    logs.get_logger("poller.test").info("hello", count=3, thing={1, 2})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logs.get_logger("poller.test").exception("failed")
+    hello, failed = lines(out)
+    assert hello["event"] == "hello" and hello["count"] == 3 and hello["thing"] == "{1, 2}"
+    assert hello["level"] == "info" and hello["logger"] == "poller.test"
+    assert failed["level"] == "error" and "RuntimeError: boom" in str(failed["exception"])
+
+
+def test_the_access_log_and_asyncio_are_quiet_below_warning_whatever_they_were() -> None:
+    chatter = ("aiohttp.access", "asyncio")
+    for name in chatter:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logs.configure("debug", "json", stream=io.StringIO())
+    assert [logging.getLogger(name).level for name in chatter] == [logging.WARNING] * 2
+    logs.configure("error", "json", stream=io.StringIO())
+    assert [logging.getLogger(name).level for name in chatter] == [logging.ERROR] * 2

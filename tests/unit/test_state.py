@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from poller import metrics
 from poller.cursor import Cursor
 from poller.errors import StateError
 from poller.state import Forget, StateStore, move_aside, parse_cli_date
@@ -85,8 +87,9 @@ def test_every_kind_of_id_is_kept_as_an_integer_with_its_start(tmp_path: Path) -
         commit_old_style(store, 1, "completed", Cursor(NOW), [(i, NOW) for i in ids])
         commit_old_style(store, 1, "completed", Cursor(NOW), [(7, NOW - timedelta(days=9))])
         assert store.already_emitted(1, "completed", [*ids, 8, 0]) == set(ids)
-        rows = store._db.execute("SELECT session_id, start_time FROM emitted ORDER BY 1")
-        assert rows.fetchall() == [(i, int(NOW.timestamp())) for i in ids]  # the first start
+        # Each keeps the start it was first committed with: all four at NOW, none 9 days back.
+        assert store.count_emitted(1, "completed", Window(NOW, NOW + timedelta(seconds=1))) == 4
+        assert store.count_before(1, "completed", NOW) == 0
     finally:
         store.close()
 
@@ -612,6 +615,7 @@ def test_every_refusal_names_the_file(tmp_path: Path) -> None:
     db.close()
     for path, problem in (
         (empty, "is empty"),
+        (empty / "state.sqlite3", "cannot be read: Not a directory"),
         (unmakeable, "cannot be created: "),
         (foreign, "did not write"),
     ):
@@ -647,6 +651,13 @@ def test_dates_are_utc_whatever_the_hosts_zone(tmp_path: Path) -> None:
     try:
         cursor = store.cursor(3, "completed")
         assert cursor is not None and cursor.scanned_until.utcoffset() == timedelta(0)
+        # What `state show` prints, and what the file keeps, is written in UTC too.
+        store.commit(3, cursors={"started": Cursor(NOW)}, emitted={"started": [(1, NOW)]})
+        shown = store.snapshot()
+        (started,) = [s for s in shown["streams"] if s["stream"] == "started"]
+        assert started["scannedUntil"] == "2026-01-02T03:04:05+00:00"
+        assert started["emittedStartTimes"]["oldest"] == "2026-01-02T03:04:05+00:00"
+        assert str(shown["meta"]["opened_at"]).endswith("+00:00")
     finally:
         store.close()
     for text in ("2026-01-02T03:04:05", "2026-01-02T04:04:05+01:00"):
@@ -689,3 +700,108 @@ def test_each_refusal_says_what_is_wrong_and_the_way_out(tmp_path: Path) -> None
             with pytest.raises(StateError) as caught:
                 opener(path)
             assert str(caught.value) == message
+
+
+# Refusals the tests, run as root, cannot arrange on disk: the system calls fail on demand
+
+
+def test_a_file_that_cannot_be_opened_or_read_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+    recover = StateError.RECOVER
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "open", denied)
+        with pytest.raises(StateError) as caught:
+            StateStore.open(path)
+    assert str(caught.value) == f"state file {path} cannot be opened: Permission denied: {recover}"
+    assert caught.value.exit_code == 4
+
+    def unopenable(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    for opener in (StateStore.open, StateStore.read_only):
+        with monkeypatch.context() as patched:
+            patched.setattr(sqlite3, "connect", unopenable)
+            with pytest.raises(StateError) as caught:
+                opener(path)
+        assert str(caught.value) == (
+            f"state file {path} cannot be read (unable to open database file): {recover}"
+        )
+        assert caught.value.exit_code == 4
+    # The refused opening let go of the lock it had taken: the next one gets it.
+    StateStore.open(path).close()
+
+
+def test_a_file_that_cannot_be_made_private_is_still_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's file (a volume restored by hand): chmod fails, the daemon still runs."""
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+
+    def not_ours(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", not_ours)
+    store = StateStore.open(path)
+    try:
+        store.commit(1, cursors={"completed": Cursor(NOW)})
+        assert store.cursor(1, "completed") == Cursor(NOW)
+    finally:
+        store.close()
+
+
+def test_a_file_failing_the_integrity_check_is_refused_naming_it(tmp_path: Path) -> None:
+    """Readable pages, but a row SQLite's own check rejects: a NULL where the schema says
+    NOT NULL (written through an altered schema, then the schema put back)."""
+    path = tmp_path / "state.sqlite3"
+    StateStore.open(path).close()
+
+    def schema_of_meta(change: Callable[[str], str]) -> str:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA writable_schema = ON")
+        (schema,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'meta'", (change(schema),))
+        db.commit()
+        db.close()
+        return str(schema)
+
+    written = schema_of_meta(lambda schema: schema.replace("NOT NULL", ""))
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO meta VALUES ('extra', NULL)")
+    db.commit()
+    db.close()
+    schema_of_meta(lambda _: written)
+    before = path.read_bytes()
+    for opener in (StateStore.open, StateStore.read_only):
+        with pytest.raises(StateError) as caught:
+            opener(path)
+        assert str(caught.value) == (
+            f"state file {path} is damaged (integrity check: NULL value in meta.value): "
+            f"{StateError.RECOVER}"
+        )
+    assert path.read_bytes() == before
+
+
+def test_a_commit_is_timed_in_its_histogram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore.open(tmp_path / "s.db")
+    name = "glance_poller_state_commit_seconds"
+    try:
+        before = metrics.REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+        count = metrics.REGISTRY.get_sample_value(f"{name}_count") or 0.0
+        ticks = iter([1000.0, 1000.25])
+        monkeypatch.setattr(time, "perf_counter", lambda: next(ticks))
+        store.commit(1, cursors={"completed": Cursor(NOW)})
+        monkeypatch.undo()
+        assert metrics.REGISTRY.get_sample_value(f"{name}_sum") == before + 0.25
+        assert metrics.REGISTRY.get_sample_value(f"{name}_count") == count + 1
+    finally:
+        store.close()
