@@ -22,14 +22,25 @@ logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 Record = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait: float) -> list[TopicPartition]:
+async def _partitions(bootstrap: str, topic: str, wait: float) -> list[TopicPartition]:
+    """The topic's partitions, waiting ``wait`` seconds at most for it to appear; every topic
+    is asked for, so that asking creates none."""
     deadline = time.monotonic() + wait
-    while True:
-        cluster = await consumer._client.fetch_all_metadata()
-        found = cluster.partitions_for_topic(topic) or set()
-        if found or time.monotonic() > deadline:
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await asyncio.sleep(0.2)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            found = [
+                p["partition"]
+                for described in await admin.describe_topics()
+                if described["topic"] == topic and not described["error_code"]
+                for p in described["partitions"]
+            ]
+            if found or time.monotonic() > deadline:
+                return [TopicPartition(topic, p) for p in sorted(found)]
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 def _consumer(bootstrap: str, **extra: Any) -> AIOKafkaConsumer:
@@ -48,7 +59,7 @@ async def count(bootstrap: str, topic: str) -> int:
     consumer = _consumer(bootstrap)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, 0)
+        partitions = await _partitions(bootstrap, topic, 0)
         if not partitions:
             return 0
         ends = await consumer.end_offsets(partitions)
@@ -64,7 +75,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
     await consumer.start()
     records: list[Record] = []
     try:
-        partitions = await _partitions(consumer, topic, 10)
+        partitions = await _partitions(bootstrap, topic, 10)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
@@ -135,7 +146,7 @@ async def record_arrivals(
     consumer = _consumer(bootstrap, fetch_max_wait_ms=100)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic, 30)
+        partitions = await _partitions(bootstrap, topic, 30)
         if not partitions:
             raise RuntimeError(f"topic {topic} does not exist")
         consumer.assign(partitions)

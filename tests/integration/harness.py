@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "kafka"))
 from local_broker import BrokerFailed, LocalBroker, free_port  # noqa: F401 (re-exported)
@@ -265,6 +266,20 @@ def consume(
     return asyncio.run(_consume(bootstrap, topic, expect, idle, timeout))
 
 
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partitions as the cluster knows them now (none: no such topic yet); every
+    topic is asked for, so that asking creates none."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for described in await admin.describe_topics():
+            if described["topic"] == topic and not described["error_code"]:
+                return sorted(p["partition"] for p in described["partitions"])
+        return []
+    finally:
+        await admin.close()
+
+
 async def _consume(
     bootstrap: str, topic: str, expect: int | None, idle: float, limit: float
 ) -> list[Consumed]:
@@ -278,9 +293,8 @@ async def _consume(
         partitions: list[TopicPartition] = []
         while not partitions:
             # A fresh metadata fetch: the consumer's own cache only knows assigned topics.
-            cluster = await consumer._client.fetch_all_metadata()
-            found = cluster.partitions_for_topic(topic) or set()
-            partitions = [TopicPartition(topic, p) for p in sorted(found)]
+            found = await topic_partitions(bootstrap, topic)
+            partitions = [TopicPartition(topic, p) for p in found]
             if partitions or expect is None or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
