@@ -5,7 +5,7 @@ ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 
 from poller.errors import RetriableUpstreamError
 from poller.events import EventBuilder, PiiPolicy
+from poller.glance.records import SessionPage
 from poller.settings import (
     CompletedStreamSettings,
     GlanceSettings,
@@ -185,10 +186,13 @@ class FlakyOpenListing(MemoryUpstream):
 
     failing = False
 
-    def _listed(self, operation: str, window: Window) -> list[Session]:
+    async def session_pages(
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
         if operation == OPEN and self.failing:
             raise RetriableUpstreamError("fault", "the open listing is down")
-        return super()._listed(operation, window)
+        async for page in super().session_pages(operation, window, page_size, start_token):
+            yield page
 
 
 async def test_a_failed_question_about_open_sessions_re_reads_the_whole_overlap(
