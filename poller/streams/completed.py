@@ -97,8 +97,7 @@ class CompletedStream:
         summary = ScanSummary(scanned_until=cursor.scanned_until)
         overlap = timedelta(seconds=self._settings.overlap)
         # Only a tick that starts between windows reads everything after the question.
-        fresh = not cursor.in_window
-        if fresh and overlap:
+        if not cursor.in_window and overlap:
             reach = min(overlap, self._max_window)
             await self._guide.ask_oldest_open(Window(now - reach, now))
         budget = self._settings.max_pages_per_tick
