@@ -66,7 +66,10 @@ integration: install kafka-jars
 	$(BIN)/pytest tests/integration
 
 # The 3-minute seeded chaos soak mostly waits on its processes: it runs beside the rest of the
-# suite (each pytest with its own temporary folder), and both must pass.
+# suite (each pytest with its own temporary folder), and both must pass. The suite itself runs
+# in two workers (pytest-xdist), each with its own broker: its tests mostly wait on processes
+# too. Work stealing keeps the long ones from ending up in one worker.
+SUITE_WORKERS ?= 2
 SOAK_TEST := tests/integration/test_soak.py::test_a_three_minute_seeded_soak_loses_nothing
 test: lint kafka-jars deploy-tools
 	@rm -rf .pytest-soak .pytest-suite
@@ -74,7 +77,7 @@ test: lint kafka-jars deploy-tools
 	@$(BIN)/pytest -p no:cacheprovider --basetemp=.pytest-soak $(SOAK_TEST) > .soak-test.log 2>&1 & \
 	soak=$$!; \
 	$(BIN)/pytest -p no:cacheprovider --basetemp=.pytest-suite --deselect $(SOAK_TEST) \
-		| tee .suite-test.log; suite=$${PIPESTATUS[0]}; \
+		-n $(SUITE_WORKERS) --dist worksteal | tee .suite-test.log; suite=$${PIPESTATUS[0]}; \
 	wait $$soak; soaked=$$?; \
 	echo "--- the chaos soak (tests/integration/test_soak.py) ---"; cat .soak-test.log; \
 	echo "--- the suite, again its last line ---"; tail -n 1 .suite-test.log; \
