@@ -14,8 +14,10 @@ questions, asked before the scan reads anything, narrow it:
   counts no more completed sessions in the part to re-read than the feed has emitted for it,
   the re-read is skipped.
 
-Any answer missing (the operation unknown, a failed call, a scan cut short or resumed) falls
-back to the full overlap. If upstream ever gave ids out of start order, a session could be
+Neither is asked where nothing was emitted yet: re-reading there repeats nothing, and the
+listing that reads the new part reads it in the same call (an idle partner costs one call a
+tick). Any answer missing (the operation unknown, a failed call, a scan cut short or resumed)
+falls back to the full overlap. If upstream ever gave ids out of start order, a session could be
 left to the reconcile sweep, which stays the safety net: late, never lost.
 """
 
@@ -51,7 +53,8 @@ class OverlapGuide:
         """Before the scan reads: the start of the oldest session open in ``window`` (its
         end when none is)."""
         self._asked = None
-        if self._open_operation is None:
+        # Nothing emitted there: the next tick re-reads it all at no waste.
+        if self._open_operation is None or not self._emitted(window):
             return
         pages = self._client.session_pages(self._open_operation, window, 1)
         try:
@@ -91,10 +94,18 @@ class OverlapGuide:
 
     async def nothing_new(self, window: Window) -> bool:
         """Whether upstream counts no more completed sessions in ``window`` than were
-        emitted (a failed count: assume something is new)."""
+        emitted (a failed count: assume something is new; nothing emitted there: not worth
+        the call, re-reading repeats nothing)."""
+        emitted = self._emitted(window)
+        if not emitted:
+            return False
         try:
             upstream = await self._client.session_counts(window, status="C", shape=total_count)
         except RetriableUpstreamError as exc:
             log.info("the overlap's count is unknown this tick", reason=str(exc))
             return False
-        return upstream <= self._state.count_emitted(self._client.partner_id, COMPLETED, window)
+        return upstream <= emitted
+
+    def _emitted(self, window: Window) -> int:
+        """How many sessions re-reading ``window`` would read again."""
+        return self._state.count_emitted(self._client.partner_id, COMPLETED, window)

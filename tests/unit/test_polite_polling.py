@@ -220,3 +220,25 @@ async def test_an_open_session_without_a_readable_start_gives_no_bound(state: St
     late.duration = 2 * 60 + 2
     await live.tick_at(T0 + 5 * S)
     assert 2 in live.delivered()
+
+
+async def test_an_idle_partner_costs_one_call_a_tick_and_misses_nothing(state: StateStore) -> None:
+    # Nothing emitted where the next tick re-reads: re-reading all of it repeats nothing, so
+    # neither question is worth its call; one listing covers the overlap and the new part.
+    upstream = MemoryUpstream([], T0)
+    live = Live(upstream, state)
+    await live.tick_at(T0)
+    for step in range(1, 4):
+        moment = T0 + step * 5 * S
+        await live.tick_at(moment)
+        calls = [(op, w) for op, w, _ in upstream.calls]
+        assert calls == [(COMPLETED, Window(moment - 5 * S - 5 * M, moment))], calls
+    # A session open at the last tick and one that started and ended since: both arrive.
+    moment = T0 + 15 * S
+    upstream.sessions += [Session(1, moment - 30 * S, 33), ended(2, moment + S, 2)]
+    await live.tick_at(moment + 5 * S)
+    assert live.delivered() == [1, 2]
+    # Then a re-read would repeat them: the questions are worth their calls again.
+    await live.tick_at(moment + 10 * S)
+    assert OPEN in {op for op, _, _ in upstream.calls}
+    assert len(live.ids_sent()) == 2

@@ -183,6 +183,17 @@ def test_a_secret_of_exactly_the_minimum_length_is_redacted_and_longest_first() 
     assert redactor.scrub("k=xx" + short + "yy") == "k=[REDACTED]", "the longer one whole"
 
 
+def test_with_three_hundred_partners_keys_each_is_redacted_wherever_it_sits() -> None:
+    keys = [f"key-{n:03d}-" + "0123456789abcdef"[n % 16] * 20 for n in range(300)]
+    redactor = logs.SecretRedactor(keys)
+    for key in keys[::7]:
+        for text in (key, f"{key} at the start", f"at the end: {key}", f"in {key}side"):
+            assert key not in redactor.scrub(text), text
+            assert logs.REDACTED in redactor.scrub(text)
+    innocent = "tick partner=12345 window_start=2026-12-02T03:00:00+00:00 key-300-"
+    assert redactor.scrub(innocent) == innocent
+
+
 def test_the_kafka_clients_lines_are_demoted_to_debug() -> None:
     out = io.StringIO()
     logs.configure("info", "json", stream=out)
