@@ -1,7 +1,11 @@
 """The state file: cursors, scans in progress and emitted ids, in one SQLite file.
 
-Every commit is one small transaction (``synchronous=FULL``), so the file is consistent at
-every instant and a commit costs the same whatever the number of ids kept. The file is held
+Every commit is one small transaction, so the file is consistent at every instant and a
+commit costs the same whatever the number of ids kept. A commit that records emitted ids (or
+forgets them) is on disk when it returns (``synchronous=FULL``: an fsync): the ids are the
+promise that nothing is sent twice. A commit of cursors alone only spares re-reading: it
+reaches the disk with the next fsync (WAL, ``synchronous=NORMAL``), so a power loss can take
+it back, never a crash of the process, and an idle partner's tick costs no fsync. The file is held
 with an exclusive lock (``flock``) for the life of the process: two daemons can never share
 it, while ``state show`` can still read a consistent snapshot beside a running daemon.
 
@@ -290,7 +294,8 @@ class StateStore:
         (and drop ids past the horizon in the same one)."""
         now = _iso(datetime.now(UTC))
         started = time.perf_counter()
-        with self._transaction():
+        records_ids = any(emitted.values()) if emitted else False
+        with self._transaction(durable=records_ids or forget is not None):
             for stream, ids in (emitted or {}).items():
                 if not ids:
                     continue
@@ -348,7 +353,8 @@ class StateStore:
         return int(row[0])
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
