@@ -59,8 +59,6 @@ from poller.wiring import wire_partner
 
 log = get_logger(__name__)
 TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture)
-# Each wait between ticks is longer by a random share of the interval, up to this.
-TICK_JITTER = 0.1
 
 
 @dataclass
@@ -77,6 +75,16 @@ class PartnerRun:
     # The fatal error that halted this partner (bad credentials, a redirecting base_url).
     fatal: PollerError | None = None
     open_sessions: OpenSessions | None = None
+
+
+def until_next_tick(origin: float, now: float, interval: float) -> float:
+    """Seconds until a stream's next tick: the next point of its own grid, its first tick
+    (``origin``) plus whole intervals. Partners keep the spread ``start_jitter`` gave them
+    without the interval growing (a session's wait for the scan that finds it is one interval
+    at most), and after something held them all (Kafka away) each returns to its own phase
+    rather than all calling upstream at once. A tick longer than the interval waits for the
+    next point after it."""
+    return interval - (now - origin) % interval
 
 
 class Service:
@@ -340,6 +348,7 @@ class Service:
         labels = (str(stream.partner_id), stream.name)
         failing = False
         succeeded = False
+        origin = time.monotonic()
         while not run.halted.is_set():
             started = time.monotonic()
             try:
@@ -392,10 +401,7 @@ class Service:
                     continue
             if once:
                 break
-            # A little jitter in every wait: many partners' ticks spread over the interval
-            # instead of calling upstream together at each one.
-            jitter = random.uniform(0, TICK_JITTER * stream.interval)
-            if await self._wait(run, stream.interval - (time.monotonic() - started) + jitter):
+            if await self._wait(run, until_next_tick(origin, time.monotonic(), stream.interval)):
                 break
         return succeeded
 
