@@ -157,6 +157,44 @@ async def test_the_next_page_is_sent_before_the_previous_is_acknowledged_yet_com
     )
 
 
+class Fetches(list[tuple[str, Window, int]]):
+    """An upstream's calls, each also written into another log as it is made."""
+
+    def __init__(self, into: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.into = into
+
+    def append(self, call: tuple[str, Window, int]) -> None:
+        super().append(call)
+        self.into.append(("fetch", call[2]))
+
+
+async def test_the_next_page_is_on_its_way_before_this_one_is_built(state: StateStore) -> None:
+    # Against a service that takes half a second a page, building a page's events after the
+    # next request has left is what keeps the scan upstream-bound.
+    upstream = MemoryUpstream(sessions(9), T0)
+    publisher = MemoryPublisher()
+    upstream.calls = Fetches(publisher.log)
+    await scanner_for(upstream, publisher, state).scan(
+        LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed"
+    )
+    log = publisher.log
+    assert [entry for entry in log if entry[0] == "fetch"] == [("fetch", t) for t in (0, 3, 6)]
+    assert log.index(("fetch", 3)) < log.index(("sent", 3)), log
+    assert log.index(("fetch", 6)) < len(log) - log[::-1].index(("sent", 3)) - 1, log
+    assert state.cursor(1, "completed") == Cursor(WINDOW.end)
+
+
+async def test_a_scan_cut_short_leaves_no_request_behind(state: StateStore) -> None:
+    upstream = MemoryUpstream(sessions(9), T0)
+    scanner, _ = scan_of(upstream, state)
+    outcome = await scanner.scan(
+        LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed", max_pages=1
+    )
+    assert outcome.pages == 1 and [token for _, _, token in upstream.calls] == [0]
+    assert state.cursor(1, "completed") == Cursor(WINDOW.start, WINDOW, 3)
+
+
 async def test_a_bad_record_is_dead_lettered_once(state: StateStore) -> None:
     bad = Session(5, T0 - H, 60, {"startTime": "yesterday"})
     upstream = MemoryUpstream([*sessions(3), bad], T0)
