@@ -431,3 +431,21 @@ def test_partners_without_credentials_have_empty_keys_and_unique_ids(
     assert [(p.id, p.api_key.get_secret_value()) for p in config.partners] == [(3, ""), (4, "")]
     twice = write(tmp_path, "[[partners]]\nid = 3\n[[partners]]\nid = 3\n")
     assert problems_of(twice, need_credentials=False) == {"partners[1].id": "duplicate id 3"}
+
+
+def test_an_empty_salt_is_no_salt_for_the_hash_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The example shows `pii_salt = ""`: uncommented with pii = "hash", it must be refused
+    # here (exit code 2, by key), not when the daemon builds its first partner.
+    written = write(tmp_path, '[events]\npii = "hash"\npii_salt = ""\n')
+    assert problems_of(written, need_credentials=False) == {
+        "events.pii_salt": "required when events.pii = 'hash'"
+    }
+    monkeypatch.setenv("POLLER_EVENTS__PII", "hash")
+    monkeypatch.setenv("POLLER_EVENTS__PII_SALT", "")
+    assert problems_of(None, need_credentials=False) == {
+        "events.pii_salt": "required when events.pii = 'hash'"
+    }
+    monkeypatch.setenv("POLLER_EVENTS__PII_SALT", "pepper-123")
+    assert load_config(None, need_credentials=False).secrets() == ["pepper-123"]
