@@ -422,7 +422,8 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
         problems.append(ConfigProblem("reconcile.bucket", "must not be longer than the horizon"))
     if reconcile.horizon <= settings.completed.overlap:
         problems.append(ConfigProblem("reconcile.horizon", "must be longer than completed.overlap"))
-    if settings.events.pii == "hash" and settings.events.pii_salt is None:
+    salt = settings.events.pii_salt
+    if settings.events.pii == "hash" and (salt is None or not salt.get_secret_value()):
         problems.append(ConfigProblem("events.pii_salt", "required when events.pii = 'hash'"))
     if problems:
         raise ConfigError(problems)

@@ -570,3 +570,47 @@ def test_an_event_value_holds_no_more_memory_than_its_length() -> None:
         tracemalloc.stop()
     assert orjson.loads(values[0]) == body
     assert used < 2 * 100 * len(values[0])
+
+
+# What a dead letter says, in the words an operator reads in dlq_reason
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: builder().completed(SourceRecord("u", "p", [1])), "the session record is not"),
+        (lambda: builder().completed(SourceRecord(7, "p", raw_session())), "userName is not"),
+        (lambda: builder().completed(SourceRecord("u", 7, raw_session())), "partnerUserId is not"),
+        (
+            lambda: builder().started(
+                SourceRecord("u", "p", raw_session(duration="1")), observed_active=True
+            ),
+            "duration is not a number",
+        ),
+    ],
+)
+def test_the_reason_of_a_dead_letter_names_the_record_or_its_users(make: Any, reason: str) -> None:
+    with pytest.raises(BadRecord) as caught:
+        make()
+    assert caught.value.reason.startswith(reason)
+
+
+def test_a_refused_event_cut_inside_a_character_still_becomes_a_letter() -> None:
+    event = builder().completed(
+        SourceRecord("u", "p", raw_session(guests=[{"name": "Zoë Ångström 日本"}]))
+    )
+    first = event.value.index("ë".encode())
+    # Room for the first byte of "ë" only: the letter holds the text before it.
+    letter = builder().refused(event, "too large", "Op", 4096 + 2 * (first + 1))
+    body = orjson.loads(letter.value)
+    assert body["truncated"] is True
+    assert body["value"] == event.value[:first].decode()
+
+
+def test_a_refused_dead_letter_claims_no_event_type() -> None:
+    dead = builder().dead_letter(SourceRecord("u", "p", raw_session(id="x")), "bad", "Op")
+    letter = builder().refused(dead, "too large", "Op", 4096 + 2 * len(dead.value))
+    headers = dict(letter.headers)
+    assert headers.get("dlq_event_type", b"") == b""
+    assert headers["dlq_reason"] == b"too large"
+    assert orjson.loads(orjson.loads(letter.value)["value"]) == raw_session(id="x")

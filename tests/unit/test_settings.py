@@ -384,7 +384,11 @@ def test_a_partner_from_the_environment_replaces_the_files(
     ("toml", "key", "message"),
     [
         ('[reconcile]\nbucket = "2d"\nhorizon = "1d"\n', "reconcile.bucket", "must not be"),
-        ('[reconcile]\nhorizon = "5m"\n[completed]\noverlap = "5m"\n', "reconcile.horizon", ""),
+        (
+            '[reconcile]\nhorizon = "5m"\n[completed]\noverlap = "5m"\n',
+            "reconcile.horizon",
+            "must be longer than completed.overlap",
+        ),
         ('[events]\npii = "hash"\n', "events.pii_salt", "required when events.pii = 'hash'"),
     ],
 )
@@ -431,3 +435,66 @@ def test_partners_without_credentials_have_empty_keys_and_unique_ids(
     assert [(p.id, p.api_key.get_secret_value()) for p in config.partners] == [(3, ""), (4, "")]
     twice = write(tmp_path, "[[partners]]\nid = 3\n[[partners]]\nid = 3\n")
     assert problems_of(twice, need_credentials=False) == {"partners[1].id": "duplicate id 3"}
+
+
+def test_an_empty_salt_is_no_salt_for_the_hash_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The example shows `pii_salt = ""`: uncommented with pii = "hash", it must be refused
+    # here (exit code 2, by key), not when the daemon builds its first partner.
+    written = write(tmp_path, '[events]\npii = "hash"\npii_salt = ""\n')
+    assert problems_of(written, need_credentials=False) == {
+        "events.pii_salt": "required when events.pii = 'hash'"
+    }
+    monkeypatch.setenv("POLLER_EVENTS__PII", "hash")
+    monkeypatch.setenv("POLLER_EVENTS__PII_SALT", "")
+    assert problems_of(None, need_credentials=False) == {
+        "events.pii_salt": "required when events.pii = 'hash'"
+    }
+    monkeypatch.setenv("POLLER_EVENTS__PII_SALT", "pepper-123")
+    assert load_config(None, need_credentials=False).secrets() == ["pepper-123"]
+
+
+def test_a_config_file_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads any file: the refusal a non-root daemon would meet is made on demand."""
+    path = write(tmp_path, "")
+
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "open", denied)
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, need_credentials=False)
+    assert [(p.key, p.message) for p in caught.value.problems] == [
+        ("--config", f"cannot read {path}: permission denied")
+    ]
+    assert caught.value.exit_code == 2
+
+
+def test_a_base_url_keeps_everything_but_its_trailing_slashes(tmp_path: Path) -> None:
+    path = write(tmp_path, '[glance]\nbase_url = "https://h.example/region/PHX/"\n')
+    assert load_config(path, need_credentials=False).settings.glance.base_url == (
+        "https://h.example/region/PHX"
+    )
+
+
+def test_an_unknown_section_or_key_is_named_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "[Xtra]\na = 1\n[kafka]\nXlinger = 1\n")
+    assert set(problems_of(path, need_credentials=False)) == {"Xtra", "kafka.Xlinger"}
+
+
+def test_a_listed_partner_that_is_invalid_is_not_called_missing(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[partners]]\nid = "x"\n')
+    assert set(problems_of(path)) == {"partners[0].id"}
+    assert problems_of(None) == {
+        "partners": "no partner configured: set GLANCE_PARTNER_ID or [[partners]]"
+    }
+
+
+def test_the_config_says_which_file_it_was_read_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[partners]]\nid = 3\n")
+    assert load_config(path, need_credentials=False).source == path
+    assert load_config(None, need_credentials=False).source is None
