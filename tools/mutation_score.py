@@ -6,7 +6,8 @@ behaviour; this prints the table and the survivors not yet listed, and exits 1 w
 module scores below 85 % or a survivor is unexplained.
 
 MUTANTS.md names survivors under a heading per module (``## poller/state.py``), each in
-backquotes: a full name such as commit__mutmut_13, then _14 for the same function, and
+backquotes: a full name such as commit__mutmut_13 (or a method's, LibraryRecords.filter__mutmut_10),
+then _14 for the same function, and
 _14-_17 (each end in its own backquotes) for a range.
 """
 
@@ -21,7 +22,7 @@ TARGET = 0.85
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^\s*(?P<name>[\w.ǁ]+__mutmut_\d+):\s*(?P<status>[\w ]+?)\s*$")
 HEADING = re.compile(r"^## (?P<module>poller/\S+\.py)\s*$")
-NAMED = re.compile(r"(?P<dash>-?)`(?:(?P<function>\w+?)__mutmut_|_)(?P<number>\d+)`")
+NAMED = re.compile(r"(?P<dash>-?)`(?:(?:\w+\.)?(?P<function>\w+?)__mutmut_|_)(?P<number>\d+)`")
 
 
 def explained_in(text: str) -> set[tuple[str, str, int]]:
