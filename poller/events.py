@@ -343,7 +343,8 @@ class EventBuilder:
             ("dlq_reason", reason.encode()),
             ("dlq_partner_id", str(self.partner_id).encode()),
             ("dlq_operation", operation.encode()),
-            ("dlq_session_id", str(event.session_id).encode()),
+            # A dead letter's own refusal has no session to name.
+            *([] if event.session_id is None else [("dlq_session_id", b"%d" % event.session_id)]),
             ("dlq_event_type", dict(event.headers).get("ce_type", b"")),
             ("dlq_size", str(size).encode()),
             ("content-type", b"application/json"),

@@ -614,3 +614,15 @@ def test_a_refused_dead_letter_claims_no_event_type() -> None:
     assert headers.get("dlq_event_type", b"") == b""
     assert headers["dlq_reason"] == b"too large"
     assert orjson.loads(orjson.loads(letter.value)["value"]) == raw_session(id="x")
+
+
+def test_a_refused_dead_letter_claims_no_session_id() -> None:
+    # A dead letter of a record without a usable id carries no session: its own refusal says
+    # none rather than the text "None" a consumer would fail to read as a number.
+    dead = builder().dead_letter(SourceRecord("u", "p", raw_session(id="x")), "bad", "Op")
+    letter = builder().refused(dead, "too large", "Op", 4096 + 2 * len(dead.value))
+    assert "dlq_session_id" not in dict(letter.headers)
+    assert orjson.loads(letter.value)["sessionId"] is None
+    event = builder().completed(SourceRecord("u", "p", raw_session(id=7)))
+    refused = builder().refused(event, "too large", "Op", 4096 + 2 * len(event.value))
+    assert dict(refused.headers)["dlq_session_id"] == b"7"
