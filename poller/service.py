@@ -77,13 +77,15 @@ class PartnerRun:
     open_sessions: OpenSessions | None = None
 
 
-def until_next_tick(origin: float, now: float, interval: float) -> float:
+def until_next_tick(origin: float, started: float, now: float, interval: float) -> float:
     """Seconds until a stream's next tick: the next point of its own grid, its first tick
     (``origin``) plus whole intervals. Partners keep the spread ``start_jitter`` gave them
     without the interval growing (a session's wait for the scan that finds it is one interval
     at most), and after something held them all (Kafka away) each returns to its own phase
-    rather than all calling upstream at once. A tick longer than the interval waits for the
-    next point after it."""
+    rather than all calling upstream at every interval. A tick that took the whole interval
+    (``started`` to ``now``) is followed at once."""
+    if now - started >= interval:
+        return 0.0
     return interval - (now - origin) % interval
 
 
@@ -401,7 +403,8 @@ class Service:
                     continue
             if once:
                 break
-            if await self._wait(run, until_next_tick(origin, time.monotonic(), stream.interval)):
+            wait = until_next_tick(origin, started, time.monotonic(), stream.interval)
+            if await self._wait(run, wait):
                 break
         return succeeded
 
