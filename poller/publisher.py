@@ -117,6 +117,11 @@ class Publication(Protocol):
         """Return once every event is acknowledged or refused for good (the refusals)."""
         ...
 
+    def answered(self) -> bool:
+        """Whether Kafka has already acknowledged every event (``acknowledged`` would not
+        wait): whether it keeps up. A refusal or a failure is no answer here."""
+        ...
+
 
 class Publisher(Protocol):
     # The largest event (key, value, headers) Kafka is asked to take.
@@ -189,6 +194,12 @@ class _Batch:
     producer: AIOKafkaProducer | None = None
 
 
+def _delivered(future: asyncio.Future[Any] | None) -> bool:
+    return (
+        future is not None and future.done() and not future.cancelled() and not future.exception()
+    )
+
+
 class _KafkaPublication:
     def __init__(self, publisher: KafkaPublisher, events: list[Event], refused: list[Refusal]):
         self._publisher = publisher
@@ -199,6 +210,11 @@ class _KafkaPublication:
             # Queueing waits on the broker (a partition takes one batch at a time): in a task,
             # so the caller builds its next page meanwhile.
             self._queueing = asyncio.create_task(publisher.queue_quietly(self._batches))
+
+    def answered(self) -> bool:
+        if self._queueing is not None and not self._queueing.done():
+            return False
+        return all(_delivered(batch.future) for batch in self._batches)
 
     async def acknowledged(self) -> list[Refusal]:
         if self._queueing is not None:
@@ -466,6 +482,9 @@ class KafkaPublisher:
 class _Acknowledged:
     async def acknowledged(self) -> list[Refusal]:
         return []
+
+    def answered(self) -> bool:
+        return True
 
 
 class DiscardingPublisher:

@@ -2,11 +2,11 @@
 
 Used by the live completed stream, the reconcile rescans, the departed-session fetches, the
 started stream's listings and backfill. The next page's request leaves before a page's events
-are built, and a page is built while the previous one awaits its acknowledgements; pages are
-committed strictly in order, each only after all of its own acknowledgements, with the cursor
-the ``Cursor`` value says comes after it. A stop asked for meanwhile finishes the page in
-flight and settles every page handed to Kafka; a kill re-sends at most the two pages in
-flight, with the same ids.
+are built (unless Kafka has not answered for the page before), and a page is built while the
+previous one awaits its acknowledgements; pages are committed strictly in order, each only
+after all of its own acknowledgements, with the cursor the ``Cursor`` value says comes after
+it. A stop asked for meanwhile finishes the page in flight and settles every page handed to
+Kafka; a kill re-sends at most the two pages in flight, with the same ids.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class Scanner:
         # many partners catching up at once, those records would double what waits for Kafka.
         in_flight: tuple[Sending, Cursor] | None = None
         held, holding = self.held, 0
-        # The next page's request, sent before this page's events are built: against a
-        # service that takes half a second a page, the building then costs no time.
+        # The next page's request, sent before this page's events are built (while Kafka
+        # keeps up): against a service that takes half a second a page, building is free.
         ahead: asyncio.Future[SessionPage | None] | None = None
 
         async def settle() -> None:
@@ -116,7 +116,11 @@ class Scanner:
                     outcome.complete = True
                     break
                 outcome.pages += 1
-                if page.next_token and outcome.pages != max_pages:
+                # Only while Kafka is seen to keep up (the page before is acknowledged): with
+                # it away, the page awaiting its answer and the one the client fetches behind
+                # it are all a scan holds.
+                keeping_up = in_flight is not None and in_flight[0].publication.answered()
+                if page.next_token and outcome.pages != max_pages and keeping_up:
                     ahead = asyncio.ensure_future(anext(pages, None))
                     await asyncio.sleep(0)  # its request leaves before the building starts
                 outcome.served_at = page.served_at

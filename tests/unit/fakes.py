@@ -25,6 +25,9 @@ class MemoryPublication:
         self._publisher = publisher
         self._events = events
 
+    def answered(self) -> bool:
+        return self._publisher.gate.is_set()
+
     async def acknowledged(self) -> list[Refusal]:
         publisher = self._publisher
         await publisher.gate.wait()
