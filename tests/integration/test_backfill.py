@@ -150,7 +150,9 @@ def test_a_70_day_backfill_interrupted_killed_and_resumed_delivers_every_session
         emulator.admin(
             "POST",
             "/admin/faults",
-            {"calls": [{"kind": "slow", "operation": LISTING, "count": 1000, "delay": 0.2}]},
+            # Slow enough that the interrupt and the kill, each noticed by consuming the
+            # topic, land mid-range however deep the scan reads ahead.
+            {"calls": [{"kind": "slow", "operation": LISTING, "count": 1000, "delay": 0.4}]},
         )
         pages_by_run: list[int] = []
 

@@ -78,7 +78,9 @@ def _partner_load(emulator: Emulator) -> dict[str, int]:
 def test_interrupted_with_four_windows_in_flight_and_resumed_every_session_arrives_once(
     emulator: Emulator, poller: PollerRun
 ) -> None:
-    upstream = _sessions(emulator, 1500, seed=5)
+    # Windows of about 15 pages: the interrupt (a few hundred sessions in, noticed by
+    # consuming the topic) lands mid-window however quickly the pages come.
+    upstream = _sessions(emulator, 3000, seed=5)
     _configure(poller)
     # Every call takes a while, as across the internet: the windows overlap.
     emulator.admin("POST", "/admin/service", {"latency": "100ms"})
