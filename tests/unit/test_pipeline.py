@@ -20,6 +20,7 @@ from poller.errors import PublishFailed
 from poller.events import CE_TYPE_PREFIX, EventBuilder, PiiPolicy, event_id
 from poller.glance.paging import Paginator
 from poller.glance.records import SessionPage, SourceRecord
+from poller.limiter import HeldPages
 from poller.settings import TopicSettings
 from poller.state import Forget, StateStore
 from poller.streams.feed import Delivered, PartnerFeed, memory_key, record_id
@@ -763,3 +764,38 @@ async def test_a_bad_record_without_a_start_is_counted_in_the_scanned_window(
     outcome = await scanner.listing(LISTING, "completed", WINDOW)
     assert outcome.delivered.dead_letters == 1
     assert state.count_emitted(1, "completed", Window(WINDOW.start, WINDOW.start + S)) == 1
+
+
+class FailingAfter(MemoryUpstream):
+    """Answers ``pages`` pages of a listing, then fails."""
+
+    def __init__(self, sessions: list[Session], now: datetime, pages: int) -> None:
+        super().__init__(sessions, now)
+        self.pages = pages
+
+    async def session_pages(
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        served = 0
+        async for page in super().session_pages(operation, window, page_size, start_token):
+            if served == self.pages:
+                raise PublishFailed("unavailable", "upstream gave up")
+            served += 1
+            yield page
+
+
+async def test_a_scan_that_fails_gives_back_the_room_it_held(state: StateStore) -> None:
+    # A backfill's windows share their room for pages: a window that fails must not keep
+    # it, or the others would wait for it forever.
+    held = HeldPages(2)
+    builder = EventBuilder(1, TopicSettings(), PiiPolicy("keep"))
+    feed = PartnerFeed(1, builder, MemoryPublisher(), state, started_enabled=False)
+    failing = Scanner(FailingAfter(sessions(9), T0, 2), feed, 3, asyncio.Event(), held)  # type: ignore[arg-type]
+    with pytest.raises(PublishFailed):
+        await failing.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed")
+    assert held.held == 0 and not held.full()
+    other = Scanner(MemoryUpstream(sessions(9), T0), feed, 3, asyncio.Event(), held)  # type: ignore[arg-type]
+    outcome = await asyncio.wait_for(
+        other.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed"), 5
+    )
+    assert outcome.cursor == Cursor(WINDOW.end)
