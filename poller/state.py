@@ -294,7 +294,7 @@ class StateStore:
         (and drop ids past the horizon in the same one)."""
         now = _iso(datetime.now(UTC))
         started = time.perf_counter()
-        records_ids = any(emitted.values()) if emitted else False
+        records_ids = any((emitted or {}).values())
         with self._transaction(durable=records_ids or forget is not None):
             for stream, ids in (emitted or {}).items():
                 if not ids:
