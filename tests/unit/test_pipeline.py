@@ -799,3 +799,51 @@ async def test_a_scan_that_fails_gives_back_the_room_it_held(state: StateStore) 
         other.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed"), 5
     )
     assert outcome.cursor == Cursor(WINDOW.end)
+
+
+async def test_a_scan_holds_its_pages_in_the_shared_room_and_gives_it_all_back(
+    state: StateStore,
+) -> None:
+    # The room is what bounds a backfill's memory across its windows: a scan takes room for
+    # each page it builds (two at once while the next is built behind one awaiting Kafka)
+    # and, the window done, leaves exactly the room it found.
+    held = HeldPages(2)
+    builder = EventBuilder(1, TopicSettings(), PiiPolicy("keep"))
+    feed = PartnerFeed(1, builder, MemoryPublisher(), state, started_enabled=False)
+    scanner = Scanner(MemoryUpstream(sessions(9), T0), feed, 3, asyncio.Event(), held)  # type: ignore[arg-type]
+    outcome = await scanner.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed")
+    assert outcome.cursor == Cursor(WINDOW.end) and outcome.pages == 3
+    assert held.peak == 2 and held.held == 0 and not held.full()
+
+
+class StalledAt(MemoryUpstream):
+    """Answers its pages until the one asked for with ``token``, which never comes."""
+
+    def __init__(self, sessions: list[Session], now: datetime, token: int) -> None:
+        super().__init__(sessions, now)
+        self.token = token
+
+    async def session_pages(
+        self, operation: str, window: Window, page_size: int, start_token: int = 0
+    ) -> AsyncGenerator[SessionPage, None]:
+        async for page in super().session_pages(operation, window, page_size, start_token):
+            if page.request_token == self.token:
+                await asyncio.Event().wait()
+            yield page
+
+
+async def test_a_scan_that_fails_with_a_page_read_ahead_raises_its_own_failure(
+    state: StateStore,
+) -> None:
+    # Page 3 is built while page 4's request is out (Kafka keeps up); page 2's acknowledgement
+    # then fails. The scan withdraws the request and reports the failure, not the withdrawal.
+    upstream = StalledAt(sessions(12), T0, token=9)
+    publisher = MemoryPublisher()
+    publisher.fail_ack_calls = {2}
+    scanner = scanner_for(upstream, publisher, state)
+    with pytest.raises(PublishFailed):
+        await asyncio.wait_for(
+            scanner.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed"), 5
+        )
+    assert [token for _, _, token in upstream.calls] == [0, 3, 6, 9]
+    assert state.cursor(1, "completed") == Cursor(WINDOW.start, WINDOW, 3)
