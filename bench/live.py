@@ -15,10 +15,11 @@ import random
 import statistics
 import subprocess
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 from bench import commit as commit_bench
@@ -41,10 +42,12 @@ from bench.common import (
     total,
 )
 from bench.procs import Emulator, Topics, iso, say, write_config
+from poller.glance.client import SERVICE_PATH
 from poller.settings import StartedStreamSettings
 
 POLL_INTERVAL = 5.0  # the completed stream's interval in the live runs (seconds)
 LATENCY_SLACK_MS = 250.0  # p99 <= interval + page latency + this
+POLL_WINDOW = timedelta(minutes=1)  # the bare client's window: an idle scan's is a tick or so
 RECORDS_PER_SESSION = 1.5  # upstream records read per session delivered
 LATE_INTERVALS = 2.0  # late completions: p99 <= this many reconcile intervals
 LATE_DURATIONS = (600, 6 * 3600)  # late sessions last 10 min to 6 h (log-uniform)
@@ -722,10 +725,12 @@ def bench_many(ctx: Context) -> dict[str, Any]:
             f"up with {count} partners (see results.json)"
         )
     say(f"  idle: {count} partners, no traffic, for {plan.idle_window:g} s")
-    idle = _idle_daemons(ctx, workdir / "idle", [partners], jitter=POLL_INTERVAL)[0]
+    idle = _idle_daemons(ctx, workdir / "idle", [partners], jitter=POLL_INTERVAL, floor=True)[0]
+    bare = idle["bare_client"]
     say(
         f"  idle: {idle['percent_of_core']:.2f} % of a core, "
-        f"{idle['calls_per_minute_per_partner']['median']:g} calls/min/partner"
+        f"{idle['calls_per_minute_per_partner']['median']:g} calls/min/partner; a bare "
+        f"aiohttp client making the same calls: {bare['percent_of_core']:.2f} % of a core"
     )
     summary = _summary([run])
     page_ms = window["page_latency_ms"]
@@ -742,6 +747,7 @@ def bench_many(ctx: Context) -> dict[str, Any]:
         "idle_percent_of_core": idle["percent_of_core"],
         "idle_rss_mib": idle["rss_mib"],
         "idle_calls_per_minute_per_partner": idle["calls_per_minute_per_partner"]["median"],
+        "idle_bare_client_percent_of_core": bare["percent_of_core"],
         "emulator_percent_of_core": busy.get("emulator"),
         "daemon_percent_of_core": busy.get("daemon"),
         "emulator_saturated": run["emulator_saturated"],
@@ -761,6 +767,10 @@ def bench_many(ctx: Context) -> dict[str, Any]:
             "window_seconds": plan.many_window,
             "idle_window_seconds": plan.idle_window,
             "peak_rss": "VmHWM of the daemon at the end of the traffic run",
+            "idle_bare_client": "the floor under the idle figure: after the idle daemon, a "
+            "bare aiohttp client in the benchmark process makes the same calls (the rates "
+            "the daemon was measured making, each partner's key and request body) and parses "
+            "each answer, for the same window; its thread's CPU time",
         },
         "runs": [run, {"idle": idle}],
         "median": summary,
@@ -791,12 +801,18 @@ STARTED_DEFAULT_SECONDS = StartedStreamSettings().interval
 
 
 def _idle_daemons(
-    ctx: Context, workdir: Path, groups: list[list[int]], *, jitter: float = 0.0
+    ctx: Context,
+    workdir: Path,
+    groups: list[list[int]],
+    *,
+    jitter: float = 0.0,
+    floor: bool = False,
 ) -> list[dict[str, Any]]:
     """One daemon per group of partners, all at once, against one emulator without sessions
     (the realistic service): the completed stream every 5 s, started, counts and reconcile at
     their defaults (30 s, 5 min, 5 min). CPU time (utime + stime) over the window after a
-    warm-up, and the emulator's count of each partner's calls."""
+    warm-up, and the emulator's count of each partner's calls. With ``floor`` (one group),
+    the daemons stopped, a bare client then makes the same calls (``_bare_client``)."""
     plan = ctx.plan
     interval = f"{plan.idle_interval:g}s"
     every = [partner for group in groups for partner in group]
@@ -848,11 +864,81 @@ def _idle_daemons(
                     ),
                 }
             )
+        for daemon in daemons:
+            procs.stop_process(daemon)
+        if floor:
+            rates = {
+                operation: (counted.get("total", 0)
+                            - stats_before["calls"].get(operation, {}).get("total", 0))
+                / elapsed * 60 / len(every)
+                for operation, counted in stats_after["calls"].items()
+            }  # fmt: skip
+            runs[0]["bare_client"] = asyncio.run(
+                _bare_client(emulator.url, every, rates, plan.idle_warmup, plan.idle_window)
+            )
     finally:
         for daemon in daemons:
             procs.stop_process(daemon)
         emulator.stop()
     return runs
+
+
+async def _bare_client(
+    url: str, partners: list[int], rates: dict[str, float], warmup: float, seconds: float
+) -> dict[str, Any]:
+    """The floor under the idle daemon's CPU: a bare aiohttp client making its calls (each
+    partner, each operation at the rate the daemon was measured making it, spread over the
+    interval, with the daemon's request body and key) and reading each answer's JSON, and
+    nothing else. The CPU time of this thread over ``seconds`` after ``warmup``."""
+    calls = 0
+
+    async def ask(http: aiohttp.ClientSession, partner: int, operation: str, every: float) -> None:
+        nonlocal calls
+        await asyncio.sleep(random.uniform(0, min(every, warmup)))  # all asking by the window
+        while True:
+            asked = time.monotonic()
+            now = datetime.now(UTC)
+            body = {
+                "partnerId": partner,
+                "apiKey": procs.partner_key(partner),
+                "startRange": iso(now - POLL_WINDOW),
+                "endRange": iso(now),
+                "sessionKey": "",
+                "nResults": procs.PAGE_SIZE,
+                "nextId": 0,
+            }
+            async with http.post(
+                f"{url}{SERVICE_PATH}/{operation}",
+                data=orjson.dumps(body),
+                headers={"Content-Type": "application/json; charset=utf-8"},
+            ) as response:
+                orjson.loads(await response.read())
+            calls += 1
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - asked)))
+
+    async with aiohttp.ClientSession() as http:
+        asks = [
+            asyncio.create_task(ask(http, partner, operation, 60 / rate))
+            for operation, rate in rates.items()
+            if rate > 0
+            for partner in partners
+        ]
+        await asyncio.sleep(warmup)
+        cpu, started, calls_before = time.thread_time(), time.monotonic(), calls
+        await asyncio.sleep(seconds)
+        used, elapsed, made = time.thread_time() - cpu, time.monotonic() - started, calls
+        for task in asks:
+            task.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+    return {
+        "cpu_seconds": round(used, 3),
+        "seconds": round(elapsed, 2),
+        "percent_of_core": round(used / elapsed * 100, 3),
+        "calls_per_minute_per_partner": round(
+            (made - calls_before) / elapsed * 60 / len(partners), 2
+        ),
+        "rates": {operation: round(rate, 2) for operation, rate in rates.items()},
+    }
 
 
 def bench_idle(ctx: Context) -> dict[str, Any]:

@@ -232,6 +232,14 @@ def _rows(data: dict[str, Any], labels: list[str]) -> list[Row]:
             "many_idle_cpu",
         ),
         (
+            f"Many partners ({partners}): a bare aiohttp client making the same idle calls "
+            "(% of one core; the floor under the figure above)",
+            "",
+            "many",
+            percent("idle_bare_client_percent_of_core"),
+            None,
+        ),
+        (
             f"Many partners ({partners}): upstream calls per minute per partner at idle",
             "",
             "many",
