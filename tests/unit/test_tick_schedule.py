@@ -1,12 +1,13 @@
 """When a stream ticks next: on its own grid (its first tick plus whole intervals), so the
 partners stay spread over the interval as start_jitter placed them, and no wait is longer
-than the interval; a tick that took longer than the interval is followed at once."""
+than the interval; a tick that took longer than the interval is followed at once. Grids start
+on marks every stream shares, so the process wakes once for the partners due at a mark."""
 
 from __future__ import annotations
 
 import pytest
 
-from poller.service import until_next_tick
+from poller.service import TICK_MARK, grid_origin, until_next_tick
 
 
 def test_a_quick_tick_waits_out_the_rest_of_its_interval() -> None:
@@ -37,3 +38,29 @@ def test_no_wait_is_longer_than_the_interval_nor_negative(elapsed: float) -> Non
     wait = until_next_tick(origin=10.0, started=10.0, now=10.0 + elapsed, interval=5.0)
     assert 0.0 <= wait <= 5.0
     assert (wait == 0.0) == (elapsed >= 5.0)
+
+
+def test_streams_that_start_within_one_mark_tick_together_from_then_on() -> None:
+    # Two partners' first ticks 0.1 s apart inside one mark: one wake serves both after.
+    first, second = grid_origin(1000.05), grid_origin(1000.15)
+    assert first == second
+    assert 1000.15 + until_next_tick(first, 1000.15, 1000.15, 5.0) == pytest.approx(
+        1000.05 + until_next_tick(second, 1000.05, 1000.05, 5.0)
+    )
+
+
+def test_streams_that_start_marks_apart_keep_their_spread() -> None:
+    # start_jitter's spread survives, to the mark: 300 partners over 5 s still tick in 20
+    # groups an interval, not in one.
+    origins = {grid_origin(1000.0 + 5.0 * n / 300) for n in range(300)}
+    assert len(origins) == 5.0 / TICK_MARK
+
+
+@pytest.mark.parametrize("first_tick", [0.0, 0.01, 1000.24, 1000.25, 123456.789])
+def test_a_grid_starts_at_most_one_mark_before_its_first_tick(first_tick: float) -> None:
+    origin = grid_origin(first_tick)
+    assert first_tick - TICK_MARK < origin <= first_tick
+    # So the first wait is still at most one interval (the tick is at the grid's point).
+    wait = until_next_tick(origin, first_tick, first_tick + 0.3, 5.0)
+    off_grid = (first_tick + 0.3 + wait - origin) % 5.0
+    assert 0.0 < wait <= 5.0 and min(off_grid, 5.0 - off_grid) == pytest.approx(0.0, abs=1e-6)
