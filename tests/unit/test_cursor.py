@@ -47,15 +47,16 @@ def test_finishing_a_window_never_moves_the_cursor_back() -> None:
 
 @pytest.mark.parametrize("token", [-1, MAX_PAGE_TOKEN + 1, 2**70])
 def test_a_token_the_state_cannot_hold_is_refused(token: int) -> None:
-    with pytest.raises(CursorError):
+    # The text is what a damaged state file is reported with (StateError quotes it).
+    with pytest.raises(CursorError, match=f"^page token out of range: {token}$"):
         Cursor(T0, Window(T0 - H, T0), token)
     assert Cursor(T0, Window(T0 - H, T0), MAX_PAGE_TOKEN).next_id == MAX_PAGE_TOKEN
 
 
 def test_no_page_outside_a_window_and_no_token_without_one() -> None:
-    with pytest.raises(CursorError):
+    with pytest.raises(CursorError, match=r"^a page outside any window$"):
         Cursor(T0).after_page(3)
-    with pytest.raises(CursorError):
+    with pytest.raises(CursorError, match=r"^a page token without a window$"):
         Cursor(T0, None, 3)
 
 

@@ -67,6 +67,39 @@ async def test_other_errors_are_not_retried() -> None:
         await run_until_success([KeyError("x")], RetrySettings())
 
 
+async def test_each_retry_is_told_the_error_it_follows_and_its_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the upstream client counts and logs per retry: the reason of the error just raised.
+    monkeypatch.setattr("asyncio.sleep", _no_sleep)
+    failures = [RetriableUpstreamError("throttled", "429"), RetriableUpstreamError("timeout", "t")]
+    told: list[tuple[BaseException, int]] = []
+    async for attempt in retrying(
+        RetrySettings(max_attempts=5),
+        (RetriableUpstreamError,),
+        lambda e, d, n: told.append((e, n)),
+    ):
+        with attempt:
+            if failures:
+                raise failures.pop(0)
+    assert [(getattr(e, "reason", None), n) for e, n in told] == [("throttled", 1), ("timeout", 2)]
+
+
+async def test_until_mode_does_not_retry_other_errors() -> None:
+    # Acknowledgements are retried until the stop, but a bug is not weather: it surfaces at once.
+    stop = asyncio.Event()
+    attempts = 0
+    settings = RetrySettings(initial_delay=0.001, max_delay=0.002)
+    with pytest.raises(KeyError):
+        async for attempt in retrying(settings, (RetriableUpstreamError,), until=stop):
+            with attempt:
+                attempts += 1
+                if attempts == 3:
+                    stop.set()  # a retried bug would end here, after two retries
+                raise KeyError("x")
+    assert attempts == 1
+
+
 async def _no_sleep(delay: float) -> None:
     return None
 
