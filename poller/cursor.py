@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from poller.window import Window, split_window
 
-# The state stores page tokens as SQLite integers: signed 64 bits.
-MAX_PAGE_TOKEN = 2**63 - 1
+# The state stores page tokens, session ids and partner ids as SQLite integers: signed 64 bits.
+MAX_STORED_INT = 2**63 - 1
 
 
 class CursorError(ValueError):
@@ -30,7 +30,7 @@ class Cursor:
     next_id: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.next_id <= MAX_PAGE_TOKEN:
+        if not 0 <= self.next_id <= MAX_STORED_INT:
             raise CursorError(f"page token out of range: {self.next_id}")
         if self.window is None and self.next_id:
             raise CursorError("a page token without a window")

@@ -16,6 +16,7 @@ from typing import Any, Literal, NamedTuple, TypeGuard
 
 import orjson
 
+from poller.cursor import MAX_STORED_INT
 from poller.errors import BadRecord
 from poller.glance.dates import returned_for_event, to_event
 from poller.glance.records import SourceRecord
@@ -208,7 +209,7 @@ def normalise_session(
     session = dict(raw)
     session.pop("__type", None)
     session_id = session.get("id")
-    if not _is_int(session_id) or session_id <= 0:
+    if not _is_int(session_id) or not 0 < session_id <= MAX_STORED_INT:
         raise BadRecord("id is missing or not a positive integer", raw)
     try:
         session["startTime"], start = returned_for_event(session.get("startTime"))

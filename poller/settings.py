@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from poller.cursor import MAX_STORED_INT
 from poller.errors import ConfigError, ConfigProblem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -90,7 +91,7 @@ class GlanceSettings(_Section):
 
 
 class PartnerSettings(_Section):
-    id: int = Field(gt=0)
+    id: int = Field(gt=0, le=MAX_STORED_INT)
     # The key is never written inline: it comes from an environment variable or a file.
     api_key_env: str = "GLANCE_API_KEY"
     api_key_file: Path | None = None

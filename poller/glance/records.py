@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from poller.cursor import MAX_PAGE_TOKEN
+from poller.cursor import MAX_STORED_INT
 from poller.errors import RetriableUpstreamError
 from poller.glance.dates import parse_returned
 
@@ -56,7 +56,7 @@ def page_token(value: Any) -> int:
     Anything else is a bad answer, retried like any other."""
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PAGE_TOKEN:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STORED_INT:
         raise _bad_shape(f"nextId is not an integer from 0 to 2**63-1: {str(value)[:40]!r}")
     return value
 

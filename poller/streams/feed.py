@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from poller import metrics
-from poller.cursor import Cursor
+from poller.cursor import MAX_STORED_INT, Cursor
 from poller.errors import BadRecord
 from poller.events import Event, EventBuilder, EventType
 from poller.glance.dates import parse_returned, to_event
@@ -53,7 +53,7 @@ class Delivered:
 def record_id(record: SourceRecord) -> int | None:
     raw = record.raw
     value = raw.get("id") if isinstance(raw, dict) else None
-    return value if type(value) is int and value > 0 else None
+    return value if type(value) is int and 0 < value <= MAX_STORED_INT else None
 
 
 def memory_key(record: SourceRecord) -> int:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from poller.cursor import MAX_PAGE_TOKEN, Cursor, CursorError
+from poller.cursor import MAX_STORED_INT, Cursor, CursorError
 from poller.window import Window, buckets
 from tests.unit.fakes import T0
 
@@ -45,12 +45,12 @@ def test_finishing_a_window_never_moves_the_cursor_back() -> None:
     assert Cursor(T0).finish_window() == Cursor(T0)
 
 
-@pytest.mark.parametrize("token", [-1, MAX_PAGE_TOKEN + 1, 2**70])
+@pytest.mark.parametrize("token", [-1, MAX_STORED_INT + 1, 2**70])
 def test_a_token_the_state_cannot_hold_is_refused(token: int) -> None:
     # The text is what a damaged state file is reported with (StateError quotes it).
     with pytest.raises(CursorError, match=f"^page token out of range: {token}$"):
         Cursor(T0, Window(T0 - H, T0), token)
-    assert Cursor(T0, Window(T0 - H, T0), MAX_PAGE_TOKEN).next_id == MAX_PAGE_TOKEN
+    assert Cursor(T0, Window(T0 - H, T0), MAX_STORED_INT).next_id == MAX_STORED_INT
 
 
 def test_no_page_outside_a_window_and_no_token_without_one() -> None:

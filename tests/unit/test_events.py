@@ -332,6 +332,9 @@ def test_an_id_of_zero_is_a_dead_letter_not_an_event() -> None:
         ({"duration": True}, "duration is missing"),
         ({"duration": 1e300}, "duration is out of range"),
         ({"id": -4}, "id is missing or not a positive integer"),
+        # Ids are remembered as SQLite integers: one beyond 2**63-1 cannot be, so no event.
+        ({"id": 2**63}, "id is missing or not a positive integer"),
+        ({"id": 2**64 - 1}, "id is missing or not a positive integer"),
         ({"guests": ["x"]}, "guests[0] is not an object"),
         ({"guests": [{}, {"duration": "1"}]}, "guests[1].duration is not a number"),
         ({"guests": [{"kbytes": "1"}]}, "guests[0].kbytes is not a number"),

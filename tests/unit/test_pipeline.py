@@ -234,6 +234,24 @@ async def test_a_bad_record_is_dead_lettered_once(state: StateStore) -> None:
     assert again.delivered.dead_letters == 0 and again.delivered.duplicates == 4
 
 
+async def test_a_session_id_the_state_cannot_hold_is_dead_lettered_and_the_page_proceeds(
+    state: StateStore,
+) -> None:
+    # An id of 2**63 or more is a positive integer to JSON but not to SQLite: it used to crash
+    # every tick at the commit, holding back the good sessions of its page for ever.
+    huge = 2**63 + 5
+    upstream = MemoryUpstream([Session(1, T0 - H, 60), Session(3, T0 - H, 60)], T0)
+    upstream.sessions.append(Session(huge, T0 - H, 60))
+    publisher = MemoryPublisher()
+    scanner = scanner_for(upstream, publisher, state)
+    first = await scanner.listing(LISTING, "completed", WINDOW)
+    again = await scanner.listing(LISTING, "completed", WINDOW)
+    assert publisher.session_ids(COMPLETED) == [1, 3]
+    (letter,) = [e for e in publisher.acknowledged if e.topic == DLQ]
+    assert dict(letter.headers)["dlq_reason"].startswith(b"id is missing or not a positive")
+    assert first.delivered.dead_letters == 1 and again.delivered.dead_letters == 0
+
+
 async def test_an_event_kafka_refuses_becomes_a_dead_letter_and_the_page_proceeds(
     state: StateStore,
 ) -> None:

@@ -498,3 +498,18 @@ def test_the_config_says_which_file_it_was_read_from(tmp_path: Path) -> None:
     path = write(tmp_path, "[[partners]]\nid = 3\n")
     assert load_config(path, need_credentials=False).source == path
     assert load_config(None, need_credentials=False).source is None
+
+
+@pytest.mark.parametrize("partner_id", ["9223372036854775808", "99999999999999999999"])
+def test_a_partner_id_the_state_cannot_hold_is_refused(
+    partner_id: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Partner ids are stored as SQLite integers (signed 64 bits): refused by key, not a crash
+    # on the first commit.
+    monkeypatch.setenv("GLANCE_PARTNER_ID", partner_id)
+    monkeypatch.setenv("GLANCE_API_KEY", "a-key-of-some-length")
+    monkeypatch.setenv("POLLER_STATE_PATH", str(tmp_path / "s.db"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(None)
+    assert any(problem.key.startswith("partners") for problem in caught.value.problems)
+    assert caught.value.exit_code == 2
