@@ -89,6 +89,13 @@ def _forms(secret: str) -> set[str]:
 redactor = SecretRedactor()
 
 
+def excerpt(text: str, limit: int) -> str:
+    """At most ``limit`` characters of outside text (an upstream fault, a header, a client
+    library's error) to quote in a message: its secrets redacted first, then cut. Cut first,
+    a secret across the cut would be left partly readable, no longer whole to be redacted."""
+    return str(redactor.scrub(text))[:limit]
+
+
 class OncePerInterval(logging.Filter):
     """Lets a library's repeated message through once per interval: an outage is said once,
     not every second by every reconnect attempt."""

@@ -53,7 +53,7 @@ from poller import metrics
 from poller.errors import KafkaAuthFailed, PublishFailed
 from poller.events import Event
 from poller.health import Health
-from poller.logs import get_logger
+from poller.logs import excerpt, get_logger
 from poller.retry import retrying
 from poller.settings import KafkaSettings, RetrySettings
 
@@ -436,7 +436,9 @@ class KafkaPublisher:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("kafka is not acknowledging; retrying", error=str(error or "no ack")[:300])
+            log.warning(
+                "kafka is not acknowledging; retrying", error=excerpt(str(error or "no ack"), 300)
+            )
         if isinstance(error, STALE_PRODUCER):
             await self._replace_producer(type(error).__name__)
         elif now - self._failing_since > self._replace_after:

@@ -31,7 +31,7 @@ from poller.errors import (
 from poller.glance.dates import to_request
 from poller.glance.paging import Paginator, RepeatedPageToken
 from poller.glance.records import SessionPage, answer_d, parse_session_page
-from poller.logs import get_logger
+from poller.logs import excerpt, get_logger
 from poller.retry import retrying
 from poller.settings import GlanceSettings, Partner, RetrySettings
 from poller.window import Window
@@ -343,7 +343,7 @@ class GlanceClient:
         self, operation: str, response: aiohttp.ClientResponse
     ) -> UpstreamMisconfigured:
         location = response.headers.get("Location", "")
-        shown = location[:200].encode("ascii", "backslashreplace").decode()
+        shown = excerpt(location, 200).encode("ascii", "backslashreplace").decode()
         return UpstreamMisconfigured(
             self._partner.id,
             f"{operation}: the service answered HTTP {response.status}, redirecting to "
@@ -369,7 +369,9 @@ class GlanceClient:
                 raise AuthenticationFailed(self._partner.id, message or exception_type)
             if message.startswith("Unknown web method"):
                 raise UnknownOperation(operation)
-            detail = f"{operation}: HTTP {status}" + (f" {message[:200]}" if message else "")
+            detail = f"{operation}: HTTP {status}" + (
+                f" {excerpt(message, 200)}" if message else ""
+            )
             raise RetriableUpstreamError("fault" if message else f"http_{status}", detail)
 
     async def server_now(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from poller.logs import excerpt
+
 _ASMX_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _EVENT_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -33,12 +35,12 @@ def parse_returned(value: object) -> datetime:
             try:
                 return _EPOCH + timedelta(milliseconds=int(asmx.group(1)))
             except OverflowError:
-                raise ValueError(f"date out of range: {text[:40]!r}") from None
+                raise ValueError(f"date out of range: {excerpt(text, 40)!r}") from None
     try:
         # RFC 3339 allows a lower-case "t" and "z", Python's parser does not.
         parsed = datetime.fromisoformat(text.upper())
     except ValueError:
-        raise ValueError(f"not an ISO-8601 or /Date(ms)/ date: {text[:40]!r}") from None
+        raise ValueError(f"not an ISO-8601 or /Date(ms)/ date: {excerpt(text, 40)!r}") from None
     if parsed.tzinfo is UTC:
         return parsed
     if parsed.tzinfo is None:

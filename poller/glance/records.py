@@ -17,6 +17,7 @@ import orjson
 from poller.cursor import MAX_STORED_INT
 from poller.errors import RetriableUpstreamError
 from poller.glance.dates import parse_returned
+from poller.logs import excerpt
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def page_token(value: Any) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STORED_INT:
-        raise _bad_shape(f"nextId is not an integer from 0 to 2**63-1: {str(value)[:40]!r}")
+        raise _bad_shape(f"nextId is not an integer from 0 to 2**63-1: {excerpt(str(value), 40)!r}")
     return value
 
 
@@ -109,7 +110,7 @@ def total_count(rows: Any) -> int:
         count = row.get("count") if isinstance(row, dict) else None
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise RetriableUpstreamError(
-                "bad_shape", f"a counts row has no valid count: {row!r}"[:200]
+                "bad_shape", excerpt(f"a counts row has no valid count: {row!r}", 200)
             )
         total += count
     return total

@@ -13,6 +13,7 @@ from typing import Any
 from poller.errors import RetriableUpstreamError
 from poller.events import CountsSnapshot, EventBuilder
 from poller.glance.client import GlanceClient
+from poller.logs import excerpt
 from poller.publisher import Publisher, publish
 from poller.settings import CountsStreamSettings
 from poller.streams.names import COUNTS
@@ -38,7 +39,9 @@ def count_rows(rows: Any) -> list[dict[str, Any]]:
     clean = []
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("count"), int):
-            raise RetriableUpstreamError("bad_shape", f"a counts row is malformed: {row!r}"[:200])
+            raise RetriableUpstreamError(
+                "bad_shape", excerpt(f"a counts row is malformed: {row!r}", 200)
+            )
         clean.append({name: row.get(name) for name in ROW_FIELDS})
     return sorted(clean, key=lambda r: (str(r["type"]), str(r["status"])))
 

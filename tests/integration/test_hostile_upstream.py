@@ -189,3 +189,26 @@ def test_a_stored_cursor_in_the_future_is_reported_loudly(
     assert result.returncode == 1
     assert "cursor lies in the future" in output
     assert f"state reset --partner {PARTNER_ID} --to" in output
+
+
+@pytest.mark.parametrize("cut_at", [3, 9, 14])
+def test_a_fault_echoing_the_key_across_the_cut_leaks_no_part_of_it(
+    tmp_path: Path, kafka_bootstrap: str, cut_at: int
+) -> None:
+    # ASP.NET's "Invalid JSON primitive" faults echo the request. The daemon keeps 200
+    # characters of a fault's message: cut there before redacting, the key's start was left
+    # whole enough to be read, and no longer matched the key to be redacted.
+    def fault(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        echoed = f'{{"apiKey":"{params.get("apiKey")}"}}'
+        message = "x" * (200 - len('{"apiKey":"') - cut_at) + echoed
+        body = {"Message": message, "ExceptionType": "System.ArgumentException"}
+        return json_answer(body, status=500)
+
+    with HostileServer(fault).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        result = run.once()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert log_events(result.stdout, "tick failed; will retry next tick"), output
+    for start in range(len(run.api_key) - 5):
+        assert run.api_key[start : start + 6] not in output, output[-2000:]

@@ -482,3 +482,12 @@ def test_the_access_log_and_asyncio_are_quiet_below_warning_whatever_they_were()
     assert [logging.getLogger(name).level for name in chatter] == [logging.WARNING] * 2
     logs.configure("error", "json", stream=io.StringIO())
     assert [logging.getLogger(name).level for name in chatter] == [logging.ERROR] * 2
+
+
+def test_an_excerpt_is_redacted_before_it_is_cut() -> None:
+    secret = "an-api-key-0123456789"
+    logs.redactor.add([secret])
+    text = "x" * 190 + secret + " and more"
+    cut = logs.excerpt(text, 200)
+    assert len(cut) <= 200 and secret[:6] not in cut and cut.startswith("x" * 190)
+    assert logs.excerpt("short", 200) == "short"
