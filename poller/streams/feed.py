@@ -21,7 +21,7 @@ import orjson
 from poller import metrics
 from poller.cursor import MAX_STORED_INT, Cursor
 from poller.errors import BadRecord
-from poller.events import Event, EventBuilder, EventType
+from poller.events import CE_TYPE_PREFIX, Event, EventBuilder, EventType
 from poller.glance.dates import parse_returned, to_event
 from poller.glance.records import SourceRecord
 from poller.logs import get_logger
@@ -31,6 +31,12 @@ from poller.window import Window
 
 log = get_logger(__name__)
 Memo = list[tuple[int, datetime]]
+# (stream, session id) of events placed on no topic: refused, and their dead letter too.
+Unplaced = set[tuple[str, int]]
+# A dead letter's most: it names the event in its headers and holds the start of its value.
+# Kept well under any topic's max.message.bytes (they are often below the producer's limit):
+# a letter refused too would leave its event on no topic.
+LETTER_BYTES = 32 * 1024
 
 
 @dataclass
@@ -169,16 +175,17 @@ class PartnerFeed:
                 continue
             fresh.append((record, event))
         started_first = self._started_for(fresh) if stream == "completed" else []
+        unplaced: Unplaced = set()
         if started_first:
             # Acknowledged before its completed event is even sent.
             refused = await publish(self.publisher, started_first)
-            await self._dead_letter(refused, operation)
+            _, unplaced = await self._dead_letter(refused, operation)
         events = [event for _, event in fresh] + dead
         publication = await self.publisher.send(events)
         remembered.extend(_memo(event for _, event in fresh))
         emitted: dict[str, Memo] = {stream: remembered}
         if started_first:
-            emitted["started"] = _memo(started_first)
+            emitted |= _without({"started": _memo(started_first)}, unplaced)
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
@@ -190,8 +197,9 @@ class PartnerFeed:
         """Wait for every acknowledgement of ``sending``, dead-letter what Kafka refused,
         then commit its ids and cursors."""
         refused = await sending.publication.acknowledged()
-        sending.counts.dead_letters += await self._dead_letter(refused, sending.operation)
-        self.commit(cursors=sending.cursors, emitted=sending.emitted)
+        letters, unplaced = await self._dead_letter(refused, sending.operation)
+        sending.counts.dead_letters += letters
+        self.commit(cursors=sending.cursors, emitted=_without(sending.emitted, unplaced))
         self._count(sending.stream, sending.counts, sending.events, refused)
         return sending.counts
 
@@ -205,12 +213,14 @@ class PartnerFeed:
         """The one place the daemon writes its state: one transaction."""
         self.state.commit(self.partner_id, cursors=cursors, emitted=emitted, forget=forget)
 
-    async def _dead_letter(self, refused: list[Refusal], operation: str) -> int:
-        """Kafka's refusals as dead letters (cut to fit), acknowledged before the page is
-        committed: the refused session is then remembered like an emitted one."""
+    async def _dead_letter(self, refused: list[Refusal], operation: str) -> tuple[int, Unplaced]:
+        """Kafka's refusals as dead letters (cut to ``LETTER_BYTES``), acknowledged before the
+        page is committed: the refused session is then remembered like an emitted one. Returns
+        the letters placed, and the events whose letter was refused too: on no topic at all,
+        they must not be remembered as placed."""
         if not refused:
-            return 0
-        limit = self.publisher.max_event_bytes
+            return 0, set()
+        limit = min(self.publisher.max_event_bytes, LETTER_BYTES)
         letters = [self.builder.refused(r.event, r.reason, operation, limit) for r in refused]
         for refusal in refused:
             log.warning(
@@ -221,9 +231,20 @@ class PartnerFeed:
                 reason=refusal.reason,
             )
         lost = await publish(self.publisher, letters)
-        for letter in lost:
-            log.error("the dead letter was refused too", reason=letter.reason)
-        return len(letters)
+        letter_of = {id(letter): r.event for letter, r in zip(letters, refused, strict=True)}
+        unplaced: Unplaced = set()
+        for refusal in lost:
+            event = letter_of[id(refusal.event)]
+            log.error(
+                "the dead letter was refused too: the event is on no topic, and is not "
+                "remembered, so the next reading of its window meets it again",
+                session_id=event.session_id,
+                topic=refusal.event.topic,
+                reason=refusal.reason,
+            )
+            if event.session_id is not None:
+                unplaced.add((_stream_of(event), event.session_id))
+        return len(letters) - len(lost), unplaced
 
     def _count(
         self, stream: str, counts: Delivered, events: list[Event], refused: list[Refusal]
@@ -249,6 +270,19 @@ class PartnerFeed:
             for record, event in completed
             if event.session_id not in seen_started
         ]
+
+
+def _stream_of(event: Event) -> str:
+    """The stream a session event belongs to, from its type (``...completed``)."""
+    return dict(event.headers).get("ce_type", b"").decode().removeprefix(CE_TYPE_PREFIX)
+
+
+def _without(emitted: Mapping[str, Memo], unplaced: Unplaced) -> dict[str, Memo]:
+    """What is remembered of ``emitted``, less the events placed on no topic."""
+    return {
+        stream: [(sid, start) for sid, start in memo if (stream, sid) not in unplaced]
+        for stream, memo in emitted.items()
+    }
 
 
 def _memo(events: Iterable[Event]) -> Memo:

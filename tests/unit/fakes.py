@@ -36,14 +36,8 @@ class MemoryPublication:
         publisher.ack_calls += 1
         if publisher.ack_calls in publisher.fail_ack_calls:
             raise PublishFailed("timeout", f"{len(self._events)} event(s) not acknowledged")
-        refused = [
-            Refusal(e, "too large")
-            for e in self._events
-            if len(e.value) > publisher.max_event_bytes
-        ]
-        publisher.acknowledged.extend(
-            e for e in self._events if len(e.value) <= publisher.max_event_bytes
-        )
+        refused = [Refusal(e, "too large") for e in self._events if not publisher.takes(e)]
+        publisher.acknowledged.extend(e for e in self._events if publisher.takes(e))
         publisher.log.append(("acked", len(self._events)))
         return refused
 
@@ -63,6 +57,11 @@ class MemoryPublisher:
         self.gate = asyncio.Event()
         self.gate.set()
         self.ack_turns = 0
+        # A topic's own max.message.bytes, below the producer's.
+        self.topic_limits: dict[str, int] = {}
+
+    def takes(self, event: Event) -> bool:
+        return len(event.value) <= self.topic_limits.get(event.topic, self.max_event_bytes)
 
     async def send(self, events: Sequence[Event]) -> Publication:
         self.handed.extend(events)

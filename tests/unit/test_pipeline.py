@@ -234,6 +234,46 @@ async def test_a_bad_record_is_dead_lettered_once(state: StateStore) -> None:
     assert again.delivered.dead_letters == 0 and again.delivered.duplicates == 4
 
 
+async def test_a_dead_letter_fits_a_dead_letter_topic_smaller_than_the_producers_limit(
+    state: StateStore,
+) -> None:
+    # The topics' own max.message.bytes (40 kB here) is often below the producer's: the
+    # letter of a 60 kB event refused by its topic was cut to half the producer's limit,
+    # refused by the dead-letter topic too, and the session lost.
+    big = Session(2, T0 - H, 60, {"guests": [{"name": "x" * 1000} for _ in range(60)]})
+    upstream = MemoryUpstream([Session(1, T0 - H, 60), big, Session(3, T0 - H, 60)], T0)
+    publisher = MemoryPublisher()
+    publisher.topic_limits = {COMPLETED: 30_000, DLQ: 40_000}
+    outcome = await scanner_for(upstream, publisher, state).listing(LISTING, "completed", WINDOW)
+    assert publisher.session_ids(COMPLETED) == [1, 3]
+    (letter,) = [e for e in publisher.acknowledged if e.topic == DLQ]
+    assert dict(letter.headers)["dlq_session_id"] == b"2"
+    assert dict(letter.headers)["dlq_truncated"] == b"true"
+    assert outcome.delivered.dead_letters == 1
+
+
+async def test_an_event_whose_dead_letter_is_refused_too_is_not_remembered_as_placed(
+    state: StateStore,
+) -> None:
+    # Nowhere on Kafka: not remembered, so the next reading of its window (the overlap, the
+    # reconcile sweep) meets it again, and says so again, until a topic takes it.
+    big = Session(2, T0 - H, 60, {"guests": [{"name": "x" * 1000} for _ in range(60)]})
+    upstream = MemoryUpstream([Session(1, T0 - H, 60), big, Session(3, T0 - H, 60)], T0)
+    publisher = MemoryPublisher()
+    publisher.topic_limits = {COMPLETED: 30_000, DLQ: 1_000}
+    scanner = scanner_for(upstream, publisher, state)
+    first = await scanner.listing(LISTING, "completed", WINDOW)
+    assert publisher.session_ids(COMPLETED) == [1, 3]
+    assert state.already_emitted(1, "completed", [1, 2, 3]) == {1, 3}
+    assert first.delivered.dead_letters == 0
+    publisher.topic_limits = {COMPLETED: 30_000}
+    again = await scanner.listing(LISTING, "completed", WINDOW)
+    letters = [e for e in publisher.acknowledged if e.topic == DLQ]
+    assert [dict(e.headers)["dlq_session_id"] for e in letters] == [b"2"]
+    assert state.already_emitted(1, "completed", [1, 2, 3]) == {1, 2, 3}
+    assert again.delivered.duplicates == 2 and again.delivered.dead_letters == 1
+
+
 async def test_a_session_id_the_state_cannot_hold_is_dead_lettered_and_the_page_proceeds(
     state: StateStore,
 ) -> None:
