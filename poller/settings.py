@@ -383,12 +383,35 @@ def _partners_anyway(file_values: dict[str, Any]) -> list[tuple[int, PartnerSett
     return found
 
 
+# POLLER_ variables that are not a setting of a section: the configuration file's name, and
+# design.md's short name of state.path.
+_OTHER_POLLER_NAMES = frozenset({"POLLER_CONFIG", *_PlainEnvironmentNames.NAMES})
+
+
+def _check_environment_names(problems: list[ConfigProblem]) -> None:
+    """POLLER_<SECTION>__<KEY> names whose section does not exist: pydantic-settings reads
+    only the sections it knows, so a misspelled one was silently not applied. (A wrong key
+    under a real section is already refused.) Named, never quoted: the value may be a secret."""
+    for name in sorted(os.environ):
+        if not name.startswith("POLLER_") or name in _OTHER_POLLER_NAMES:
+            continue
+        section = name.removeprefix("POLLER_").partition("__")[0].lower()
+        if section not in Settings.model_fields:
+            problems.append(
+                ConfigProblem(
+                    name,
+                    f"no section {section!r}: the sections are {', '.join(Settings.model_fields)}",
+                )
+            )
+
+
 def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
     """Read, validate and resolve everything, or raise one ConfigError listing every problem.
 
     ``need_credentials=False`` is for commands that never call upstream (``state``, ``tail``).
     """
     problems: list[ConfigProblem] = []
+    _check_environment_names(problems)
     file_values = _read_toml(path, problems) if path is not None else {}
     try:
         settings = Settings(**file_values)

@@ -513,3 +513,20 @@ def test_a_partner_id_the_state_cannot_hold_is_refused(
         load_config(None)
     assert any(problem.key.startswith("partners") for problem in caught.value.problems)
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["POLLER_COMPLETE__INTERVAL", "POLLER_KAFAK__SASL_PASSWORD"])
+def test_a_variable_for_a_section_that_does_not_exist_is_refused_by_name(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A misspelled section was silently ignored (its setting not applied), while a misspelled
+    # key under a real section was refused. The value is never echoed: it may be a secret.
+    monkeypatch.setenv("GLANCE_PARTNER_ID", "12345")
+    monkeypatch.setenv("GLANCE_API_KEY", "a-key-of-some-length")
+    monkeypatch.setenv("POLLER_STATE_PATH", str(tmp_path / "s.db"))
+    monkeypatch.setenv(name, "secret-looking-value")
+    with pytest.raises(ConfigError) as caught:
+        load_config(None)
+    (problem,) = caught.value.problems
+    assert problem.key == name and "secret-looking-value" not in str(caught.value)
+    assert caught.value.exit_code == 2
