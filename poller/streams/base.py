@@ -10,6 +10,10 @@ class TickResult(Protocol):
     @property
     def behind(self) -> bool: ...
 
+    # Upstream listed nothing: the next tick may wait for the shared mark (service.py).
+    @property
+    def quiet(self) -> bool: ...
+
     def as_log(self) -> dict[str, object]: ...
 
 

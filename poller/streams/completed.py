@@ -38,6 +38,10 @@ class ScanSummary:
     reread: bool = False
     behind: bool = False
 
+    @property
+    def quiet(self) -> bool:
+        return self.delivered.records == 0 and self.departed_fetched == 0
+
     def as_log(self) -> dict[str, object]:
         return {
             "pages": self.pages,

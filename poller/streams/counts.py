@@ -28,6 +28,10 @@ class CountsSummary:
     completed: int = 0
     behind: bool = False
 
+    @property
+    def quiet(self) -> bool:
+        return True  # a snapshot of counts: no session waits on its timing
+
     def as_log(self) -> dict[str, object]:
         return {"active": self.active, "completed": self.completed}
 

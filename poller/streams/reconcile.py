@@ -42,6 +42,10 @@ class SweepSummary:
     delivered: Delivered = field(default_factory=Delivered)
     behind: bool = False
 
+    @property
+    def quiet(self) -> bool:
+        return self.delivered.records == 0
+
     def as_log(self) -> dict[str, object]:
         return {
             "buckets": self.buckets,

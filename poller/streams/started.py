@@ -27,6 +27,10 @@ class StartedSummary:
     pages: int = 0
     behind: bool = False
 
+    @property
+    def quiet(self) -> bool:
+        return self.delivered.records == 0
+
     def as_log(self) -> dict[str, object]:
         return {"pages": self.pages, **self.delivered.as_log()}
 

@@ -1,13 +1,14 @@
 """When a stream ticks next: on its own grid (its first tick plus whole intervals), so the
 partners stay spread over the interval as start_jitter placed them, and no wait is longer
-than the interval; a tick that took longer than the interval is followed at once. Grids start
-on marks every stream shares, so the process wakes once for the partners due at a mark."""
+than the interval; a tick that took longer than the interval is followed at once. A quiet
+stream (upstream listed nothing) waits on to a mark every stream shares, so the process wakes
+once for the quiet partners due near it; a stream with traffic keeps its exact phase."""
 
 from __future__ import annotations
 
 import pytest
 
-from poller.service import TICK_MARK, grid_origin, until_next_tick
+from poller.service import TICK_MARK, on_the_mark, until_next_tick
 
 
 def test_a_quick_tick_waits_out_the_rest_of_its_interval() -> None:
@@ -40,27 +41,21 @@ def test_no_wait_is_longer_than_the_interval_nor_negative(elapsed: float) -> Non
     assert (wait == 0.0) == (elapsed >= 5.0)
 
 
-def test_streams_that_start_within_one_mark_tick_together_from_then_on() -> None:
-    # Two partners' first ticks 0.1 s apart inside one mark: one wake serves both after.
-    first, second = grid_origin(1000.05), grid_origin(1000.15)
-    assert first == second
-    assert 1000.15 + until_next_tick(first, 1000.15, 1000.15, 5.0) == pytest.approx(
-        1000.05 + until_next_tick(second, 1000.05, 1000.05, 5.0)
-    )
+def test_quiet_streams_due_within_one_mark_wake_together() -> None:
+    # Two idle partners due 0.1 s apart inside one mark: one wake serves both.
+    first = 1000.0 + on_the_mark(1000.0, 4.05)
+    second = 1000.2 + on_the_mark(1000.2, 3.95)
+    assert first == pytest.approx(second) == pytest.approx(1004.25)
 
 
-def test_streams_that_start_marks_apart_keep_their_spread() -> None:
-    # start_jitter's spread survives, to the mark: 300 partners over 5 s still tick in 20
-    # groups an interval, not in one.
-    origins = {grid_origin(1000.0 + 5.0 * n / 300) for n in range(300)}
-    assert len(origins) == 5.0 / TICK_MARK
+@pytest.mark.parametrize("due", [0.0, 0.01, 4.24, 4.25, 4.999, 123.4])
+def test_a_quiet_stream_waits_less_than_one_mark_longer_never_less(due: float) -> None:
+    wait = on_the_mark(1000.0, due)
+    assert due <= wait < due + TICK_MARK
+    assert ((1000.0 + wait) / TICK_MARK) == pytest.approx(round((1000.0 + wait) / TICK_MARK))
 
 
-@pytest.mark.parametrize("first_tick", [0.0, 0.01, 1000.24, 1000.25, 123456.789])
-def test_a_grid_starts_at_most_one_mark_before_its_first_tick(first_tick: float) -> None:
-    origin = grid_origin(first_tick)
-    assert first_tick - TICK_MARK < origin <= first_tick
-    # So the first wait is still at most one interval (the tick is at the grid's point).
-    wait = until_next_tick(origin, first_tick, first_tick + 0.3, 5.0)
-    off_grid = (first_tick + 0.3 + wait - origin) % 5.0
-    assert 0.0 < wait <= 5.0 and min(off_grid, 5.0 - off_grid) == pytest.approx(0.0, abs=1e-6)
+def test_quiet_streams_spread_over_an_interval_keep_their_spread_to_the_mark() -> None:
+    # 300 idle partners polling every 5 s wake in 20 groups an interval, not in one.
+    wakes = {round(1000.0 + on_the_mark(1000.0, 5.0 * n / 300), 6) for n in range(300)}
+    assert len(wakes) == 5.0 / TICK_MARK + 1  # the first and last marks of the span
