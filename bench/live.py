@@ -43,6 +43,7 @@ from bench.common import (
 )
 from bench.procs import Emulator, Topics, iso, say, write_config
 from poller.glance.client import SERVICE_PATH
+from poller.service import TICK_MARK
 from poller.settings import StartedStreamSettings
 
 POLL_INTERVAL = 5.0  # the completed stream's interval in the live runs (seconds)
@@ -769,8 +770,9 @@ def bench_many(ctx: Context) -> dict[str, Any]:
             "peak_rss": "VmHWM of the daemon at the end of the traffic run",
             "idle_bare_client": "the floor under the idle figure: after the idle daemon, a "
             "bare aiohttp client in the benchmark process makes the same calls (the rates "
-            "the daemon was measured making, each partner's key and request body) and parses "
-            "each answer, for the same window; its thread's CPU time",
+            "the daemon was measured making, on the same quarter-second marks, each partner's key "
+            "and request body) and parses each answer, for the same window; its thread's CPU "
+            "time",
         },
         "runs": [run, {"idle": idle}],
         "median": summary,
@@ -888,13 +890,17 @@ async def _bare_client(
 ) -> dict[str, Any]:
     """The floor under the idle daemon's CPU: a bare aiohttp client making its calls (each
     partner, each operation at the rate the daemon was measured making it, spread over the
-    interval, with the daemon's request body and key) and reading each answer's JSON, and
-    nothing else. The CPU time of this thread over ``seconds`` after ``warmup``."""
+    interval on the daemon's quarter-second marks, with the daemon's request body and key)
+    and reading each answer's JSON, and nothing else. The CPU time of this thread over
+    ``seconds`` after ``warmup``."""
     calls = 0
 
     async def ask(http: aiohttp.ClientSession, partner: int, operation: str, every: float) -> None:
         nonlocal calls
-        await asyncio.sleep(random.uniform(0, min(every, warmup)))  # all asking by the window
+        # Spread as the daemon's partners are (all asking by the window), each on the mark an
+        # idle daemon wakes on (service.TICK_MARK): the same wakes, not only the same calls.
+        first = time.monotonic() + random.uniform(0, min(every, warmup))
+        await asyncio.sleep(math.ceil(first / TICK_MARK) * TICK_MARK - time.monotonic())
         while True:
             asked = time.monotonic()
             now = datetime.now(UTC)
