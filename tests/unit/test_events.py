@@ -315,6 +315,11 @@ def test_an_id_of_zero_is_a_dead_letter_not_an_event() -> None:
 # Field by field: what a consumer may rely on in a session, and what becomes a dead letter
 
 
+def test_the_largest_id_the_state_can_hold_is_an_event() -> None:
+    event = builder().completed(SourceRecord("u", "p", raw_session(id=2**63 - 1)))
+    assert event.session_id == 2**63 - 1 and event.key == b"9223372036854775807"
+
+
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [

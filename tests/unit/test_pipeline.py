@@ -279,14 +279,15 @@ async def test_a_session_id_the_state_cannot_hold_is_dead_lettered_and_the_page_
 ) -> None:
     # An id of 2**63 or more is a positive integer to JSON but not to SQLite: it used to crash
     # every tick at the commit, holding back the good sessions of its page for ever.
-    huge = 2**63 + 5
+    huge, largest = 2**63 + 5, 2**63 - 1
     upstream = MemoryUpstream([Session(1, T0 - H, 60), Session(3, T0 - H, 60)], T0)
-    upstream.sessions.append(Session(huge, T0 - H, 60))
+    upstream.sessions += [Session(largest, T0 - H, 60), Session(huge, T0 - H, 60)]
     publisher = MemoryPublisher()
     scanner = scanner_for(upstream, publisher, state)
     first = await scanner.listing(LISTING, "completed", WINDOW)
     again = await scanner.listing(LISTING, "completed", WINDOW)
-    assert publisher.session_ids(COMPLETED) == [1, 3]
+    assert publisher.session_ids(COMPLETED) == [1, 3, largest]
+    assert state.already_emitted(1, "completed", [largest]) == {largest}, "by its own id"
     (letter,) = [e for e in publisher.acknowledged if e.topic == DLQ]
     assert dict(letter.headers)["dlq_reason"].startswith(b"id is missing or not a positive")
     assert first.delivered.dead_letters == 1 and again.delivered.dead_letters == 0
@@ -517,6 +518,8 @@ async def test_a_session_first_seen_ended_gets_its_started_event_first(
     assert delivered.started_on_completion == 2 and delivered.emitted == 2
     assert state.already_emitted(1, "started", [1, 2]) == {1, 2}
     assert state.count_emitted(1, "started", WINDOW) == 2
+    # The completed events are remembered beside them: not sent again on the next reading.
+    assert state.already_emitted(1, "completed", [1, 2]) == {1, 2}
 
 
 async def test_a_session_seen_started_gets_no_second_started_event(state: StateStore) -> None:

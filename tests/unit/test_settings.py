@@ -529,4 +529,6 @@ def test_a_variable_for_a_section_that_does_not_exist_is_refused_by_name(
         load_config(None)
     (problem,) = caught.value.problems
     assert problem.key == name and "secret-looking-value" not in str(caught.value)
+    section = name.removeprefix("POLLER_").partition("__")[0].lower()
+    assert problem.message.startswith(f"no section {section!r}: the sections are glance, ")
     assert caught.value.exit_code == 2
