@@ -41,6 +41,13 @@ class SecretRedactor:
         self._secrets = sorted(merged, key=len, reverse=True)
         self._heads = frozenset(secret[:MIN_SECRET] for secret in self._secrets)
 
+    def excerpt(self, text: str, limit: int) -> str:
+        """At most ``limit`` characters of ``text``, its secrets redacted first, then cut. Only
+        the part a secret reaching into the first ``limit`` characters can span is read: a
+        hostile answer's megabytes are not scanned to quote forty characters of them."""
+        longest = len(self._secrets[0]) if self._secrets else 0
+        return str(self.scrub(text[: limit + max(0, longest - 1)]))[:limit]
+
     def scrub(self, value: Any) -> Any:
         if isinstance(value, bytes | bytearray):
             value = bytes(value).decode("utf-8", "backslashreplace")
@@ -93,7 +100,7 @@ def excerpt(text: str, limit: int) -> str:
     """At most ``limit`` characters of outside text (an upstream fault, a header, a client
     library's error) to quote in a message: its secrets redacted first, then cut. Cut first,
     a secret across the cut would be left partly readable, no longer whole to be redacted."""
-    return str(redactor.scrub(text))[:limit]
+    return redactor.excerpt(text, limit)
 
 
 class OncePerInterval(logging.Filter):

@@ -491,3 +491,6 @@ def test_an_excerpt_is_redacted_before_it_is_cut() -> None:
     cut = logs.excerpt(text, 200)
     assert len(cut) <= 200 and secret[:6] not in cut and cut.startswith("x" * 190)
     assert logs.excerpt("short", 200) == "short"
+    # Only the part a secret can span from inside the limit is read; what lies past it is
+    # never quoted, redacted or not.
+    assert logs.excerpt("y" * 195 + secret + "z" * 10_000_000, 200) == "y" * 195 + "[REDA"
