@@ -185,7 +185,8 @@ class PartnerFeed:
         remembered.extend(_memo(event for _, event in fresh))
         emitted: dict[str, Memo] = {stream: remembered}
         if started_first:
-            emitted |= _without({"started": _memo(started_first)}, unplaced)
+            emitted["started"] = _memo(started_first)
+        emitted = _without(emitted, unplaced)
         counts.emitted = len(fresh)
         counts.dead_letters = len(dead)
         counts.started_on_completion = len(started_first)
@@ -278,7 +279,10 @@ def _stream_of(event: Event) -> str:
 
 
 def _without(emitted: Mapping[str, Memo], unplaced: Unplaced) -> dict[str, Memo]:
-    """What is remembered of ``emitted``, less the events placed on no topic."""
+    """What is remembered of ``emitted``, less the events placed on no topic (almost always
+    none: then the same lists, not a copy of every page's ids)."""
+    if not unplaced:
+        return dict(emitted)
     return {
         stream: [(sid, start) for sid, start in memo if (stream, sid) not in unplaced]
         for stream, memo in emitted.items()

@@ -234,15 +234,18 @@ async def test_a_bad_record_is_dead_lettered_once(state: StateStore) -> None:
     assert again.delivered.dead_letters == 0 and again.delivered.duplicates == 4
 
 
+def a_60_kb_session_between_two() -> MemoryUpstream:
+    big = Session(2, T0 - H, 60, {"guests": [{"name": "x" * 1000} for _ in range(60)]})
+    return MemoryUpstream([Session(1, T0 - H, 60), big, Session(3, T0 - H, 60)], T0)
+
+
 async def test_a_dead_letter_fits_a_dead_letter_topic_smaller_than_the_producers_limit(
     state: StateStore,
 ) -> None:
     # The topics' own max.message.bytes (40 kB here) is often below the producer's: the
     # letter of a 60 kB event refused by its topic was cut to half the producer's limit,
     # refused by the dead-letter topic too, and the session lost.
-    big = Session(2, T0 - H, 60, {"guests": [{"name": "x" * 1000} for _ in range(60)]})
-    upstream = MemoryUpstream([Session(1, T0 - H, 60), big, Session(3, T0 - H, 60)], T0)
-    publisher = MemoryPublisher()
+    upstream, publisher = a_60_kb_session_between_two(), MemoryPublisher()
     publisher.topic_limits = {COMPLETED: 30_000, DLQ: 40_000}
     outcome = await scanner_for(upstream, publisher, state).listing(LISTING, "completed", WINDOW)
     assert publisher.session_ids(COMPLETED) == [1, 3]
@@ -257,9 +260,7 @@ async def test_an_event_whose_dead_letter_is_refused_too_is_not_remembered_as_pl
 ) -> None:
     # Nowhere on Kafka: not remembered, so the next reading of its window (the overlap, the
     # reconcile sweep) meets it again, and says so again, until a topic takes it.
-    big = Session(2, T0 - H, 60, {"guests": [{"name": "x" * 1000} for _ in range(60)]})
-    upstream = MemoryUpstream([Session(1, T0 - H, 60), big, Session(3, T0 - H, 60)], T0)
-    publisher = MemoryPublisher()
+    upstream, publisher = a_60_kb_session_between_two(), MemoryPublisher()
     publisher.topic_limits = {COMPLETED: 30_000, DLQ: 1_000}
     scanner = scanner_for(upstream, publisher, state)
     first = await scanner.listing(LISTING, "completed", WINDOW)
