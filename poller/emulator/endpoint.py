@@ -137,7 +137,7 @@ def _replacement(
             fault.message
             or "Timeout expired.  The timeout period elapsed prior to "
             "completion of the operation or the server is not responding.",
-            "System.Data.SqlClient.SqlException",
+            fault.exception_type or "System.Data.SqlClient.SqlException",
         )
     if fault.kind in ("throttle429", "throttle503"):
         status = 429 if fault.kind == "throttle429" else 503

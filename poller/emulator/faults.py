@@ -96,6 +96,8 @@ class FaultSpec:
     """For ``bad_shape``: one of BAD_SHAPES; None takes them in turn."""
     message: str | None = None
     """For ``error500``: the fault's Message."""
+    exception_type: str | None = None
+    """For ``error500``: the fault's ExceptionType (an ASP.NET class name)."""
     offset: float = 0.0
     """For ``date_skew``: seconds added to the ``Date`` header (negative: behind)."""
     jitter: float = 0.0
@@ -148,10 +150,11 @@ class FaultSpec:
         """Read an entry of ``POST /admin/faults``'s ``calls`` list.
 
         ``{"kind", "operation"?, "count"?, "retryAfter"?, "retryAfterForm"?, "delay"?,
-        "sessionIds"?, "records"?, "variant"?, "message"?}``, and per kind: ``date_skew``
-        ``{"offset"?, "jitter"?, "seed"?}`` (seconds); ``redirect`` ``{"status"?, "location"?}``;
-        ``oversized`` ``{"extraRecords"?, "padBytes"?}``; ``bad_next_id`` ``{"nextId"?}`` (an
-        integer of any size, or its decimal text); ``huge_guests`` ``{"guests"?}``. A mutation
+        "sessionIds"?, "records"?, "variant"?, "message"?}``, and per kind: ``error500``
+        ``{"exceptionType"?}``; ``date_skew`` ``{"offset"?, "jitter"?, "seed"?}`` (seconds);
+        ``redirect`` ``{"status"?, "location"?}``; ``oversized`` ``{"extraRecords"?,
+        "padBytes"?}``; ``bad_next_id`` ``{"nextId"?}`` (an integer of any size, or its decimal
+        text); ``huge_guests`` ``{"guests"?}``. A mutation
         may also be written ``{"kind": "mutation", "mutation": "missing_id", ...}``.
         """
         if not isinstance(obj, dict):
@@ -172,6 +175,7 @@ class FaultSpec:
             records=_choice(obj, "records", ("first", "all")),
             variant=_optional_choice(obj, "variant", BAD_SHAPES),
             message=_optional_text(obj, "message"),
+            exception_type=_optional_text(obj, "exceptionType"),
             offset=_signed_number(obj, "offset", 0.0),
             jitter=_number(obj, "jitter", 0.0) or 0.0,
             seed=_integer(obj, "seed", 0, minimum=None),
@@ -209,6 +213,8 @@ class FaultSpec:
             shown["variant"] = self.variant
         if self.message is not None:
             shown["message"] = self.message
+        if self.exception_type is not None:
+            shown["exceptionType"] = self.exception_type
         if self.kind == "date_skew":
             shown.update(offset=self.offset, jitter=self.jitter, seed=self.seed)
         elif self.kind == "redirect":

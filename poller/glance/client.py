@@ -75,6 +75,26 @@ def upstream_connector(glance: GlanceSettings, partners: int) -> aiohttp.TCPConn
     )
 
 
+# What the service answers a wrong apiKey or an unknown partnerId with (API page §1): the
+# key is rejected at once. Any other fault typed as an authentication failure may be the
+# service's own trouble (an SSPI or TLS handshake to its back end) and is retried, until every
+# answer has said so for DOUBT_FOR seconds and DOUBT_ANSWERS answers: then it is the key too.
+KEY_REJECTED = "Invalid partnerId or apiKey"
+DOUBT_FOR = 60.0
+DOUBT_ANSWERS = 3
+
+
+@dataclass(slots=True)
+class CredentialDoubt:
+    """Answers in a row that were authentication faults naming no key, since when."""
+
+    since: float
+    answers: int = 1
+
+    def settled(self, now: float) -> bool:
+        return self.answers >= DOUBT_ANSWERS and now - self.since >= DOUBT_FOR
+
+
 # Readings this far apart (seconds) tell whether upstream's clock keeps pace with the host's.
 PACE_SPAN = 5.0
 # A clock that keeps pace is carried forward this long (seconds) without a call.
@@ -221,6 +241,7 @@ class GlanceClient:
         self._retry = retry
         self.clock = ServerClock(settings.clock_tolerance)
         self._max_answer = settings.answer_cap()
+        self._doubt: CredentialDoubt | None = None
 
     @property
     def partner_id(self) -> int:
@@ -356,6 +377,8 @@ class GlanceClient:
     ) -> None:
         """Raises what an unsuccessful answer means; returns for a successful one."""
         status = response.status
+        # Only an unbroken run of authentication faults keeps the doubt: any other answer ends it.
+        doubt, self._doubt = self._doubt, None
         if status in (429, 503):
             delay = _retry_after(response.headers.get("Retry-After"), self.clock.latest)
             raise RetriableUpstreamError(
@@ -365,14 +388,34 @@ class GlanceClient:
             raise AuthenticationFailed(self._partner.id, f"HTTP {status}")
         if status >= 400:
             message, exception_type = _fault_message(payload)
-            if "Authentication" in exception_type or message == "Invalid partnerId or apiKey":
-                raise AuthenticationFailed(self._partner.id, message or exception_type)
+            if message == KEY_REJECTED:
+                raise AuthenticationFailed(self._partner.id, message)
+            if "Authentication" in exception_type:
+                self._doubt_credentials(operation, message or exception_type, doubt)
             if message.startswith("Unknown web method"):
                 raise UnknownOperation(operation)
             detail = f"{operation}: HTTP {status}" + (
                 f" {excerpt(message, 200)}" if message else ""
             )
             raise RetriableUpstreamError("fault" if message else f"http_{status}", detail)
+
+    def _doubt_credentials(
+        self, operation: str, reason: str, doubt: CredentialDoubt | None
+    ) -> None:
+        now = self.clock.monotonic()
+        if doubt is None:
+            doubt = CredentialDoubt(now)
+        else:
+            doubt.answers += 1
+        if doubt.settled(now):
+            raise AuthenticationFailed(self._partner.id, excerpt(reason, 200))
+        self._doubt = doubt
+        raise RetriableUpstreamError(
+            "authentication",
+            f"{operation}: an authentication fault that names no key ({excerpt(reason, 200)}); "
+            f"retried, and taken as rejected credentials if every answer says so for "
+            f"{DOUBT_FOR:g}s",
+        )
 
     async def server_now(
         self, max_age: float = 1.0, *, later_than: datetime | None = None

@@ -88,6 +88,65 @@ async def test_wrong_key_is_fatal(http: aiohttp.ClientSession, emulator: Emulato
     assert emulator.stats()["PartnerSessionCounts"]["total"] == 1
 
 
+# An authentication fault that says nothing of the key: the service's own trouble reaching its
+# back end (an SSPI or TLS handshake), which passes.
+SSPI_FAULT = {
+    "kind": "error500",
+    "operation": "PartnerSessionCounts",
+    "message": "A call to SSPI failed, see inner exception.",
+    "exceptionType": "System.Security.Authentication.AuthenticationException",
+}
+
+
+def on_host_clock(glance: GlanceClient, start: float = 1000.0) -> list[float]:
+    """The host's monotonic time as the client sees it, set by the test."""
+    host = [start]
+    glance.clock.monotonic = lambda: host[0]
+    return host
+
+
+async def test_one_authentication_fault_that_names_no_key_is_retried(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 1}]})
+    retry = RetrySettings(max_attempts=2, initial_delay=0.01)
+    assert await client(http, emulator, retry=retry).server_now() == NOW
+    assert emulator.stats()["PartnerSessionCounts"]["total"] == 2
+
+
+async def test_authentication_faults_every_answer_for_a_minute_are_a_rejection(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
+    glance = client(http, emulator)
+    host = on_host_clock(glance)
+    for elapsed in (0.0, 30.0, 59.0):
+        host[0] = 1000.0 + elapsed
+        with pytest.raises(RetriableUpstreamError) as doubted:
+            await glance.server_now()
+        assert doubted.value.reason == "authentication"
+        assert "SSPI" in str(doubted.value)
+    host[0] = 1062.0
+    with pytest.raises(AuthenticationFailed) as caught:
+        await glance.server_now()
+    assert "A call to SSPI failed" in str(caught.value)
+
+
+async def test_an_answer_between_authentication_faults_starts_the_minute_again(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    glance = client(http, emulator)
+    host = on_host_clock(glance)
+    for start in (0.0, 55.0):
+        emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 2}]})
+        for elapsed in (start, start + 50.0):
+            host[0] = 1000.0 + elapsed
+            with pytest.raises(RetriableUpstreamError):
+                await glance.server_now()
+        host[0] += 2.0
+        assert await glance.server_now() == NOW
+
+
 async def test_unknown_operation(http: aiohttp.ClientSession, emulator: Emulator) -> None:
     with pytest.raises(UnknownOperation):
         await client(http, emulator).call("PartnerNoSuchThing", {})

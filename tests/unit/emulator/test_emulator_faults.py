@@ -61,6 +61,19 @@ async def test_error500_is_an_aspnet_fault_and_only_for_the_planned_calls(
     assert (stats["total"], stats["fault"], stats["error500"], stats["ok"]) == (3, 2, 2, 1)
 
 
+async def test_error500_carries_the_message_and_exception_type_asked_for(
+    emulator: Emulator,
+) -> None:
+    sspi = "A call to SSPI failed, see inner exception."
+    kind = "System.Security.Authentication.AuthenticationException"
+    await plan(emulator, {"kind": "error500", "message": sspi, "exceptionType": kind, "count": 2})
+    response = await completed_call(emulator)
+    body = orjson.loads(await response.read())
+    assert (response.status, body["Message"], body["ExceptionType"]) == (500, sspi, kind)
+    (left,) = (await emulator.admin("GET", "/admin/faults"))["calls"]
+    assert (left["count"], left["exceptionType"]) == (1, kind)
+
+
 @pytest.mark.parametrize(("kind", "status"), [("throttle429", 429), ("throttle503", 503)])
 async def test_throttling_says_when_to_retry(emulator: Emulator, kind: str, status: int) -> None:
     await plan(
