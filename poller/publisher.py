@@ -292,6 +292,11 @@ class KafkaPublisher:
                 if refusal is not None:
                     raise KafkaAuthFailed(f"{type(refusal).__name__}: {refusal}") from None
                 raise PublishFailed("unavailable", f"cannot reach Kafka: {exc}") from None
+            except asyncio.CancelledError:
+                # Cancelled while connecting (a stop): what it opened is closed, not left over.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 5.0)
+                raise
             self._producer = producer
             return producer
 

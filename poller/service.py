@@ -188,6 +188,8 @@ class Service:
             self.health.running = False
             if watcher is not None:
                 watcher.cancel()
+                # Before the publisher stops: a producer it is still starting must be closed.
+                await asyncio.gather(watcher, return_exceptions=True)
             await publisher.stop(self._time_left())
             state.close()
             if server is not None:

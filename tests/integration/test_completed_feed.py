@@ -238,6 +238,20 @@ def test_wrong_api_key_exits_3_with_one_line_and_no_retries(
     assert sum(op["total"] for op in calls.values()) == 1, calls
 
 
+def test_a_daemon_whose_only_key_is_rejected_exits_3_and_closes_what_it_opened(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    poller.api_key = "WRONG-key-5c2f91"
+    process = poller.start()
+    assert process.wait(60) == 3
+    output = poller.log_text()
+    assert "WRONG-key-5c2f91" not in output
+    errors = [line for line in output.splitlines() if '"level":"error"' in line]
+    assert len(errors) == 1, output
+    assert "rejected the credentials" in errors[0]
+    assert "Unclosed" not in output and "Traceback" not in output, output
+
+
 def test_a_second_daemon_on_the_same_state_exits_4(emulator: Emulator, poller: PollerRun) -> None:
     poller.settings["completed"] = {"interval": "1h"}
     first = poller.start()
