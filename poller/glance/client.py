@@ -99,17 +99,35 @@ class CredentialDoubt:
 PACE_SPAN = 5.0
 # A clock that keeps pace is carried forward this long (seconds) without a call.
 CARRY_FOR = 60.0
+# How far (seconds) an answer's Date may stray from what the believed reading and the host's
+# time since make possible before it is in doubt: whole-second dates, jitter between nodes.
+STRAY = 5.0
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """One answer's ``Date``, when it was read and when its request was sent (host monotonic)."""
+
+    moment: datetime
+    at: float
+    asked: float
 
 
 @dataclass
 class ServerClock:
-    """Upstream's notion of now, from the ``Date`` header of its latest answer, trusted only
+    """Upstream's notion of now, from the ``Date`` headers of its answers, trusted only
     within ``tolerance`` seconds of the host's clock.
 
     Windows end at the server's time rather than ours: a host clock skewed by less than the
     tolerance can then neither scan the future (and skip what starts there later) nor lag
     behind. Beyond the tolerance the host clock bounds it (one warning, a metric): one answer
     dated 2099 must not carry a cursor into the future.
+
+    An answer dated beyond where upstream's clock can have got to since the believed reading,
+    or behind it, is not believed alone: one node of a farm with a fast clock would carry the
+    scan into upstream's future, and what ends there would be left to the sweep. The next
+    answer asked after it was read settles it: one that strays the same way confirms the move
+    (a clock set by hand, an emulator's fast clock), one that does not refutes it.
     """
 
     tolerance: float = 300.0
@@ -121,9 +139,13 @@ class ServerClock:
     keeps_pace: bool = False
     monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
     _pace_from: tuple[datetime, float] | None = field(default=None, repr=False)
+    # When the request behind ``latest`` was sent: upstream served it no earlier.
+    _latest_asked: float = field(default=0.0, repr=False)
+    _doubt: Reading | None = field(default=None, repr=False)
 
-    def observe(self, header: str | None) -> datetime | None:
-        """Take in one answer's ``Date``; returns it, bounded (None when absent/unreadable)."""
+    def observe(self, header: str | None, asked_at: float | None = None) -> datetime | None:
+        """Take in one answer's ``Date`` (its request sent at ``asked_at``, host monotonic;
+        None: just now); returns it, bounded (None when absent/unreadable)."""
         if not header:
             return None
         try:
@@ -134,12 +156,49 @@ class ServerClock:
             moment = moment.replace(tzinfo=UTC)
         moment = self.bound(moment.astimezone(UTC))
         at = self.monotonic()
-        self._check_pace(moment, at)
-        # Concurrent answers can arrive out of order: an older one must not move now back.
-        if self.latest is None or moment >= self.latest:
-            self.latest = moment
-            self.observed_at = at
+        self._take(Reading(moment, at, at if asked_at is None else asked_at))
         return moment
+
+    @property
+    def in_doubt(self) -> bool:
+        """Whether an answer strayed from the believed reading and awaits another."""
+        return self._doubt is not None
+
+    def _strays(self, reading: Reading) -> int:
+        """+1 beyond where upstream can have got to since ``latest``, -1 behind it (asked
+        after it was read, so served after it), else 0."""
+        assert self.latest is not None
+        reach = reading.at - self._latest_asked + STRAY
+        if reading.moment > self.latest + timedelta(seconds=reach):
+            return 1
+        behind = reading.moment < self.latest - timedelta(seconds=STRAY)
+        return -1 if behind and reading.asked >= self.observed_at else 0
+
+    def _take(self, reading: Reading) -> None:
+        if self.latest is None:
+            self._believe(reading)
+            return
+        doubt = self._doubt
+        way = self._strays(reading)
+        if doubt is not None and reading.asked >= doubt.at:
+            self._doubt = None
+            if way and way == self._strays(doubt):
+                later = reading if reading.moment >= doubt.moment or way < 0 else doubt
+                self._believe(later)
+                return
+        if way:
+            # Answers asked before the one in doubt came back cannot settle it; the later-read
+            # of two strays waits.
+            self._doubt = reading
+        elif reading.moment >= self.latest:
+            # Concurrent answers can arrive out of order: an older one must not move now back.
+            self._believe(reading)
+
+    def _believe(self, reading: Reading) -> None:
+        self._check_pace(reading.moment, reading.at)
+        self.latest = reading.moment
+        self.observed_at = reading.at
+        self._latest_asked = reading.asked
 
     def _check_pace(self, moment: datetime, at: float) -> None:
         if self._pace_from is None:
@@ -192,7 +251,7 @@ class ServerClock:
     def fresh(self, max_age: float) -> bool:
         """Whether ``now()`` can be had without asking: a recent reading, or one carried
         forward for at most ``CARRY_FOR`` seconds."""
-        if self.latest is None:
+        if self.latest is None or self._doubt is not None:
             return False
         return self.age() <= (CARRY_FOR if self.keeps_pace else max_age)
 
@@ -286,6 +345,7 @@ class GlanceClient:
             | params
         )
         started = time.perf_counter()
+        asked = self.clock.monotonic()
         outcome = "error"
         try:
             async with self._http.post(
@@ -296,7 +356,7 @@ class GlanceClient:
                 # Never: a redirect would re-send the key to wherever Location points.
                 allow_redirects=False,
             ) as response:
-                served_at = self.clock.observe(response.headers.get("Date"))
+                served_at = self.clock.observe(response.headers.get("Date"), asked)
                 outcome = f"{response.status // 100}xx"
                 if 300 <= response.status < 400:
                     raise self._redirected(operation, response)
@@ -423,17 +483,23 @@ class GlanceClient:
         """Upstream's current time: the latest ``Date`` header (carried forward while its
         clock keeps pace with ours), refreshed with one small counts call when it is older
         than ``max_age`` seconds, or when (in whole seconds) it is no later than
-        ``later_than``. Without the refresh, ticks that make no other call would keep seeing
-        the same instant and never move on."""
+        ``later_than``, or when an answer's Date strayed and awaits another. Without the
+        refresh, ticks that make no other call would keep seeing the same instant and never
+        move on."""
         latest = self.clock.now()
         if (
             latest is None
             or not self.clock.fresh(max_age)
             or (later_than is not None and latest.replace(microsecond=0) <= later_than)
         ):
-            local = datetime.now(UTC)
-            await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
+            await self._ask_time()
+            if self.clock.in_doubt:
+                await self._ask_time()  # one more answer settles a Date that strayed
         return self.clock.now() or datetime.now(UTC)
+
+    async def _ask_time(self) -> None:
+        local = datetime.now(UTC)
+        await self.session_counts(Window(local - timedelta(minutes=1), local), status="A")
 
     async def session_counts(
         self, window: Window, *, status: str, kind: str = "", shape: Callable[[Any], T] = _as_is

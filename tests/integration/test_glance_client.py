@@ -77,7 +77,21 @@ async def test_server_time_comes_from_upstream(
     assert await glance.server_now() == NOW
     emulator.advance(6 * 3600)
     await glance.session_counts(Window(NOW, NOW + timedelta(hours=1)), status="A")
-    assert glance.clock.latest == NOW + timedelta(hours=6)
+    assert glance.clock.latest == NOW, "one answer six hours on is not believed alone"
+    assert await glance.server_now() == NOW + timedelta(hours=6), "a second one agrees"
+    assert emulator.stats()["PartnerSessionCounts"]["total"] == 3
+
+
+async def test_one_answer_dated_ahead_does_not_move_server_time(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    glance = client(http, emulator)
+    assert await glance.server_now() == NOW
+    emulator.admin("POST", "/admin/faults", {"calls": [{"kind": "date_skew", "offset": 120}]})
+    emulator.advance(5)
+    # The skewed answer, then one more to settle it: upstream's own time wins.
+    assert await glance.server_now(max_age=0) == NOW + timedelta(seconds=5)
+    assert emulator.stats()["PartnerSessionCounts"]["total"] == 3
 
 
 async def test_wrong_key_is_fatal(http: aiohttp.ClientSession, emulator: Emulator) -> None:

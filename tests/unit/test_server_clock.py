@@ -102,5 +102,78 @@ def test_a_clock_that_jumps_is_not_carried_forward() -> None:
     clock.observe(http_date(host))
     mono.now += 6
     clock.observe(http_date(host + 120 * S))  # moved on by hand, then maybe frozen again
+    mono.now += 1
+    clock.observe(http_date(host + 120 * S))  # a second answer says so too
     mono.now += 10
     assert clock.now() == host + 120 * S
+
+
+def test_one_answer_dated_ahead_of_upstream_is_not_believed_alone() -> None:
+    """One node of a farm two minutes fast (within the tolerance): believed, it would carry the
+    scan two minutes into upstream's future and leave what ends there to the sweep."""
+    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 1
+    clock.observe(http_date(host + 121 * S))
+    assert clock.now() == host
+    assert not clock.fresh(60.0), "an answer in doubt is settled by asking again"
+    mono.now += 1
+    clock.observe(http_date(host + 2 * S))  # the next answer, asked after it: refuted
+    assert clock.now() == host + 2 * S
+    assert clock.fresh(1.0)
+
+
+def test_a_clock_moved_forward_is_followed_once_a_later_answer_agrees() -> None:
+    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=3600, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 1
+    clock.observe(http_date(host + 2401 * S))  # the clock moved 40 minutes
+    mono.now += 1
+    clock.observe(http_date(host + 2402 * S))
+    assert clock.now() == host + 2402 * S
+
+
+def test_a_clock_moved_back_is_followed_once_a_later_answer_agrees() -> None:
+    """Kept at the latest reading, the estimate would run the move's length ahead of upstream
+    for as long as the daemon runs."""
+    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=300, monotonic=mono)
+    clock.observe(http_date(host))
+    mono.now += 1
+    clock.observe(http_date(host - 89 * S))  # moved back 90 s
+    assert clock.now() == host, "one answer alone does not move it back either"
+    mono.now += 1
+    clock.observe(http_date(host - 88 * S))
+    assert clock.now() == host - 88 * S
+
+
+def test_an_answer_asked_before_a_jump_was_read_neither_confirms_nor_refutes_it() -> None:
+    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=3600, monotonic=mono)
+    clock.observe(http_date(host), asked_at=mono.now)
+    mono.now += 2
+    clock.observe(http_date(host + 2400 * S), asked_at=mono.now - 0.5)
+    mono.now += 1
+    # Asked before the jump's answer came back, served before the clock moved, read after it.
+    clock.observe(http_date(host + 1 * S), asked_at=mono.now - 2)
+    assert clock.now() == host + 1 * S
+    clock.observe(http_date(host + 2401 * S), asked_at=mono.now)
+    assert clock.now() == host + 2401 * S
+
+
+def test_a_clock_running_thirty_times_fast_is_followed() -> None:
+    """The emulator's fast clock (speed 30): each answer is far ahead of the last."""
+    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
+    mono = Monotonic()
+    clock = ServerClock(tolerance=3600, monotonic=mono)
+    for step in range(10):
+        clock.observe(http_date(host + 30 * step * S))
+        mono.now += 1
+    now = clock.now()
+    assert now is not None and now >= host + 30 * 8 * S
