@@ -325,31 +325,46 @@ class KafkaPublisher:
                 # Queued by a producer since replaced: it will never deliver; send again.
                 batch.future = None
         live = [batch for batch in batches if batch.future is not None]
-        waiting = [event for batch in batches if batch.future is None for event in batch.events]
-        if not waiting:
+        groups = [batch.events for batch in batches if batch.future is None]
+        if not groups:
             return
         queued: list[_Batch] = []
         try:
             async with self._queue_order:
-                await self._send_batches(producer, waiting, queued)
+                await self._send_batches(producer, groups, queued)
         finally:
             sent = {id(event) for batch in queued for event in batch.events}
-            rest = [event for event in waiting if id(event) not in sent]
-            batches[:] = live + queued + ([_Batch(rest)] if rest else [])
+            rest = [[e for e in group if id(e) not in sent] for group in groups]
+            batches[:] = live + queued + [_Batch(events) for events in rest if events]
 
     async def _send_batches(
-        self, producer: AIOKafkaProducer, events: list[Event], queued: list[_Batch]
+        self, producer: AIOKafkaProducer, groups: list[list[Event]], queued: list[_Batch]
     ) -> None:
         """Record batches, in order within each partition; each joins ``queued`` once it has
-        its delivery future."""
-        by_partition: dict[tuple[str, int], list[Event]] = {}
+        its delivery future. Events of different groups never share a record batch: the
+        events of a batch the broker refused are tried one by one, and packed together again
+        they would be refused together again, for ever (a topic's own ``max.message.bytes``
+        below the producer's limit)."""
         partitions: dict[str, list[int]] = {}
-        for event in events:
-            every = partitions.get(event.topic)
-            if every is None:
-                every = partitions[event.topic] = sorted(await producer.partitions_for(event.topic))
-            partition = self._partitioner(event.key, every, every) if len(every) > 1 else every[0]
-            by_partition.setdefault((event.topic, partition), []).append(event)
+        for events in groups:
+            by_partition: dict[tuple[str, int], list[Event]] = {}
+            for event in events:
+                every = partitions.get(event.topic)
+                if every is None:
+                    every = sorted(await producer.partitions_for(event.topic))
+                    partitions[event.topic] = every
+                partition = (
+                    self._partitioner(event.key, every, every) if len(every) > 1 else every[0]
+                )
+                by_partition.setdefault((event.topic, partition), []).append(event)
+            await self._send_packed(producer, by_partition, queued)
+
+    async def _send_packed(
+        self,
+        producer: AIOKafkaProducer,
+        by_partition: dict[tuple[str, int], list[Event]],
+        queued: list[_Batch],
+    ) -> None:
         for (topic, partition), waiting in by_partition.items():
             start = 0
             while start < len(waiting):
@@ -386,8 +401,27 @@ class KafkaPublisher:
 
     async def _attempt(self, batches: list[_Batch], refused: list[Refusal]) -> None:
         """Queue what is not queued, wait up to the request time-out, and sort the outcome:
-        ``batches`` keeps what is still to be acknowledged; raises PublishFailed if any is."""
+        ``batches`` keeps what is still to be acknowledged; raises PublishFailed if any is.
+
+        A refusal is progress, not a failure: the round is run again at once, until nothing
+        more is refused (each refusal splits a batch or settles an event, so this ends)."""
         started = time.perf_counter()
+        while True:
+            error, refusal = await self._round(batches, refused)
+            if not batches:
+                metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
+                return
+            if not refusal:
+                break
+            # The producer numbered the refused batch: for the broker, every later batch of
+            # that partition comes out of order. Only a new producer gets on.
+            await self._replace_producer("refused")
+        await self._failed(error, batches)
+
+    async def _round(
+        self, batches: list[_Batch], refused: list[Refusal]
+    ) -> tuple[BaseException | None, bool]:
+        """One queueing and wait; returns the last failure and whether anything was refused."""
         try:
             await self._queue(batches)
         except (KafkaError, PublishFailed) as exc:
@@ -400,6 +434,7 @@ class KafkaPublisher:
             metrics.UNACKED.dec(sum(len(batch.events) for batch in batches))
         remaining: list[_Batch] = []
         error: BaseException | None = None
+        refusal = False
         for batch in batches:
             future = batch.future
             if future is None or not future.done():
@@ -410,6 +445,7 @@ class KafkaPublisher:
                 continue
             if isinstance(failure, REFUSED):
                 remaining.extend(self._refuse_or_split(batch, failure, refused))
+                refusal = True
                 continue
             if isinstance(failure, FORBIDDEN):
                 raise KafkaAuthFailed(f"{type(failure).__name__}: {failure}")
@@ -417,10 +453,7 @@ class KafkaPublisher:
             remaining.append(batch)
             error = failure
         batches[:] = remaining
-        if not remaining:
-            metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
-            return
-        await self._failed(error, remaining)
+        return error, refusal
 
     def _refuse_or_split(
         self, batch: _Batch, failure: BaseException, refused: list[Refusal]

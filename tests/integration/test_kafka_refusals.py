@@ -4,12 +4,14 @@ proceeds and readiness stays truthful."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.harness import (
     PARTNER_ID,
@@ -75,3 +77,83 @@ def test_an_oversized_session_is_dead_lettered_and_the_feed_goes_on(
         run.log_text(), "kafka cannot take an event: sent to the dead-letter topic"
     )
     assert warning["session_id"] == 2
+
+
+def create_topics(bootstrap: str, limits: dict[str, int]) -> None:
+    """Topics with their own ``max.message.bytes``, below what the producer is allowed."""
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(name, 1, 1, topic_configs={"max.message.bytes": str(limit)})
+                    for name, limit in limits.items()
+                ]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def page_with_a_60_kb_session() -> list[dict[str, Any]]:
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    large = session(2, start)
+    large["guests"] = [
+        {"type": "guest", "status": "C", "name": f"guest {i}", "email": f"g{i}@example.com",
+         "ip": "203.0.113.9", "location": {"city": "Boston", "region": "MA", "countryCode": "US"}}
+        for i in range(400)
+    ]  # fmt: skip
+    return [session(1, start), large, session(3, start)]
+
+
+def test_a_topic_whose_own_limit_is_below_the_producers_dead_letters_what_it_refuses(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    records = page_with_a_60_kb_session()
+    with HostileServer(
+        counts_or(lambda operation, params: json_answer(listing(records)))
+    ).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        create_topics(kafka_bootstrap, {run.topics.completed: 20_000})
+        result = run.once()
+    assert result.returncode == 0, result.stdout[-3000:]
+    completed = consume(kafka_bootstrap, run.topics.completed, expect=2)
+    assert sorted(r.key for r in completed) == ["1", "3"]
+    (letter,) = consume(kafka_bootstrap, run.topics.dlq, expect=1)
+    assert letter.headers["dlq_session_id"] == "2"
+    assert int(letter.headers["dlq_size"]) > 50_000
+    assert letter.headers["dlq_truncated"] == "true"
+    assert letter.value["value"].startswith('{"partnerId":12345')
+
+
+def test_an_event_whose_letter_the_dead_letter_topic_refuses_too_is_met_again(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    records = page_with_a_60_kb_session()
+    with HostileServer(
+        counts_or(lambda operation, params: json_answer(listing(records)))
+    ).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        run.settings["completed"]["interval"] = "1s"
+        create_topics(kafka_bootstrap, {run.topics.completed: 20_000, run.topics.dlq: 8_000})
+        process = run.start()
+        try:
+            wait_until(
+                lambda: len(log_events(run.log_text(), "tick", stream="completed")) >= 3,
+                60,
+                "three completed ticks",
+            )
+        finally:
+            assert kill(process, signal.SIGTERM) == 0
+    completed = consume(kafka_bootstrap, run.topics.completed, expect=2)
+    assert sorted(r.key for r in completed) == ["1", "3"], "each once"
+    assert consume(kafka_bootstrap, run.topics.dlq, idle=1.0) == []
+    refusals = [
+        line
+        for line in run.log_text().splitlines()
+        if '"level":"error"' in line and '"session_id":2' in line
+    ]
+    assert len(refusals) >= 2, "not remembered: the next tick meets it and says so again"
