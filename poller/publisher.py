@@ -194,6 +194,18 @@ class _Batch:
     producer: AIOKafkaProducer | None = None
 
 
+@dataclass(slots=True)
+class _Round:
+    """What one queueing and wait came to."""
+
+    error: BaseException | None = None
+    # The producer whose batch failed with ``error``, and the one whose batch was refused.
+    failed_by: AIOKafkaProducer | None = None
+    refused_by: AIOKafkaProducer | None = None
+    # Something was settled or is to be sent again at once (a refusal, a replaced producer).
+    progress: bool = False
+
+
 def _delivered(future: asyncio.Future[Any] | None) -> bool:
     return (
         future is not None and future.done() and not future.cancelled() and not future.exception()
@@ -300,9 +312,15 @@ class KafkaPublisher:
             self._producer = producer
             return producer
 
-    async def _replace_producer(self, why: str) -> None:
-        """A new producer (a new producer id): the old one's state is of no use any more."""
-        async with self._starting:
+    async def _replace_producer(self, why: str, old: AIOKafkaProducer | None = None) -> None:
+        """A new producer (a new producer id): the old one's state is of no use any more.
+        ``old``: only if that producer is still the one in use (others may have replaced it
+        already for the same cause)."""
+        # Never while a page is being queued: it would go on with a stopped producer, whose
+        # metadata never comes, and hold the queue for every partner.
+        async with self._queue_order, self._starting:
+            if old is not None and old is not self._producer:
+                return
             old, self._producer = self._producer, None
         if old is None:
             return
@@ -318,7 +336,11 @@ class KafkaPublisher:
     async def _queue(self, batches: list[_Batch]) -> None:
         """Queue the events of every batch without a live future; ``batches`` ends up holding
         what was queued, then (on failure) one batch of what was not."""
-        producer = await self._producer_now()
+        async with self._queue_order:
+            producer = await self._producer_now()
+            await self._queue_with(producer, batches)
+
+    async def _queue_with(self, producer: AIOKafkaProducer, batches: list[_Batch]) -> None:
         for batch in batches:
             future = batch.future
             if future is not None and not future.done() and batch.producer is not producer:
@@ -330,8 +352,7 @@ class KafkaPublisher:
             return
         queued: list[_Batch] = []
         try:
-            async with self._queue_order:
-                await self._send_batches(producer, groups, queued)
+            await self._send_batches(producer, groups, queued)
         finally:
             sent = {id(event) for batch in queued for event in batch.events}
             rest = [[e for e in group if id(e) not in sent] for group in groups]
@@ -403,25 +424,25 @@ class KafkaPublisher:
         """Queue what is not queued, wait up to the request time-out, and sort the outcome:
         ``batches`` keeps what is still to be acknowledged; raises PublishFailed if any is.
 
-        A refusal is progress, not a failure: the round is run again at once, until nothing
-        more is refused (each refusal splits a batch or settles an event, so this ends)."""
+        A refusal is progress, not a failure, and so is a batch lost with a producer that was
+        replaced meanwhile: the round is run again at once. Each refusal splits a batch or
+        settles an event, so this ends; the rounds are bounded all the same."""
         started = time.perf_counter()
-        while True:
-            error, refusal = await self._round(batches, refused)
+        for _ in range(2 * sum(len(batch.events) for batch in batches) + 2):
+            outcome = await self._round(batches, refused)
+            if outcome.refused_by is not None:
+                # It numbered the refused batch: for the broker, every later batch of that
+                # partition comes out of order. Only a new producer gets on.
+                await self._replace_producer("refused", outcome.refused_by)
             if not batches:
                 metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
                 return
-            if not refusal:
+            if outcome.error is not None or not outcome.progress:
                 break
-            # The producer numbered the refused batch: for the broker, every later batch of
-            # that partition comes out of order. Only a new producer gets on.
-            await self._replace_producer("refused")
-        await self._failed(error, batches)
+        await self._failed(outcome.error, batches, outcome.failed_by)
 
-    async def _round(
-        self, batches: list[_Batch], refused: list[Refusal]
-    ) -> tuple[BaseException | None, bool]:
-        """One queueing and wait; returns the last failure and whether anything was refused."""
+    async def _round(self, batches: list[_Batch], refused: list[Refusal]) -> _Round:
+        """One queueing and wait, and what came of it."""
         try:
             await self._queue(batches)
         except (KafkaError, PublishFailed) as exc:
@@ -433,8 +454,7 @@ class KafkaPublisher:
         finally:
             metrics.UNACKED.dec(sum(len(batch.events) for batch in batches))
         remaining: list[_Batch] = []
-        error: BaseException | None = None
-        refusal = False
+        outcome = _Round()
         for batch in batches:
             future = batch.future
             if future is None or not future.done():
@@ -445,15 +465,25 @@ class KafkaPublisher:
                 continue
             if isinstance(failure, REFUSED):
                 remaining.extend(self._refuse_or_split(batch, failure, refused))
-                refusal = True
+                outcome.refused_by = batch.producer
+                outcome.progress = True
                 continue
             if isinstance(failure, FORBIDDEN):
                 raise KafkaAuthFailed(f"{type(failure).__name__}: {failure}")
             batch.future = None  # failed for good: its events are queued again
             remaining.append(batch)
-            error = failure
+            if batch.producer is not self._producer:
+                # Its producer was replaced meanwhile (another page's refusal, say): the new
+                # one sends it again; Kafka itself did not fail.
+                outcome.progress = True
+                continue
+            outcome.error, outcome.failed_by = failure, batch.producer
         batches[:] = remaining
-        return error, refusal
+        if isinstance(outcome.error, STALE_PRODUCER) and outcome.failed_by is outcome.refused_by:
+            # Out of order behind the refused batch: the producer replaced for the refusal
+            # sends it again.
+            outcome.error = None
+        return outcome
 
     def _refuse_or_split(
         self, batch: _Batch, failure: BaseException, refused: list[Refusal]
@@ -467,8 +497,14 @@ class KafkaPublisher:
             return []
         return [_Batch([event]) for event in batch.events]
 
-    async def _failed(self, error: BaseException | None, pending: list[_Batch]) -> None:
-        """Raises PublishFailed after replacing the producer where only that can help."""
+    async def _failed(
+        self,
+        error: BaseException | None,
+        pending: list[_Batch],
+        failed_by: AIOKafkaProducer | None = None,
+    ) -> None:
+        """Raises PublishFailed after replacing the producer (``failed_by``, unless it was
+        replaced already) where only that can help."""
         if isinstance(error, FORBIDDEN):
             raise KafkaAuthFailed(f"{type(error).__name__}: {error}")
         now = time.monotonic()
@@ -478,7 +514,7 @@ class KafkaPublisher:
                 "kafka is not acknowledging; retrying", error=excerpt(str(error or "no ack"), 300)
             )
         if isinstance(error, STALE_PRODUCER):
-            await self._replace_producer(type(error).__name__)
+            await self._replace_producer(type(error).__name__, failed_by)
         elif now - self._failing_since > self._replace_after:
             self._failing_since = now
             await self._replace_producer("silent")

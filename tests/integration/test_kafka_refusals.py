@@ -120,6 +120,7 @@ def test_a_topic_whose_own_limit_is_below_the_producers_dead_letters_what_it_ref
         create_topics(kafka_bootstrap, {run.topics.completed: 20_000})
         result = run.once()
     assert result.returncode == 0, result.stdout[-3000:]
+    assert "kafka is not acknowledging" not in result.stdout, "a refusal is not Kafka failing"
     completed = consume(kafka_bootstrap, run.topics.completed, expect=2)
     assert sorted(r.key for r in completed) == ["1", "3"]
     (letter,) = consume(kafka_bootstrap, run.topics.dlq, expect=1)

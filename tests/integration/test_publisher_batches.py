@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from poller.events import Event
 from poller.health import Health
-from poller.publisher import KafkaPublisher
+from poller.publisher import KafkaPublisher, publish
 from poller.settings import KafkaSettings, RetrySettings
 
 PARTITIONS = 4
@@ -121,3 +121,42 @@ async def test_batches_keep_keys_partitions_and_order(
             sent_order[event.key].append(orjson.loads(event.value)["seq"])
     assert order == sent_order, "each key's events in the order they were published"
     assert len({p for p, _, _, _ in got}) == PARTITIONS
+
+
+async def test_a_producer_replaced_after_a_refusal_stalls_no_page_waiting_for_metadata(
+    kafka_bootstrap: str,
+) -> None:
+    """One page's refusal replaces the producer while another page is being queued (waiting for
+    the metadata of a topic the broker is still creating): that page must not be left with the
+    stopped producer, whose metadata never comes, holding the queue for every partner."""
+    small, fresh = (f"it.{name}.{uuid.uuid4().hex[:8]}" for name in ("small", "fresh"))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "20000"})]
+        )
+    finally:
+        await admin.close()
+    publisher = KafkaPublisher(
+        KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        RetrySettings(max_attempts=5, initial_delay=0.01, max_delay=0.05),
+        stopping=asyncio.Event(),
+        health=Health(),
+        retry_forever=False,
+    )
+    try:
+        assert await publish(publisher, [Event(small, b"0", b"{}", [])]) == []
+        refused_page = [
+            Event(small, b"1", b"{}", []),
+            Event(small, b"2", b"x" * 60_000, []),
+            Event(small, b"3", b"{}", []),
+        ]
+        async with asyncio.timeout(60):
+            refused, none = await asyncio.gather(
+                publish(publisher, refused_page),
+                publish(publisher, [Event(fresh, b"a", b"{}", [])]),
+            )
+        assert [r.event.key for r in refused] == [b"2"] and none == []
+    finally:
+        await publisher.stop(5)
