@@ -300,10 +300,14 @@ class StateStore:
                 if not ids:
                     continue
                 # One statement per stream: SQLite walks a JSON object {id: start}, at half
-                # the cost of binding every row from Python (bench/README.md).
+                # the cost of binding every row from Python (bench/README.md). An id known
+                # already keeps the later start: a record whose start cannot be read is
+                # remembered at the start of a window it was listed in, and a later-starting
+                # one narrows where it lies.
                 self._db.execute(
-                    "INSERT OR IGNORE INTO emitted "
-                    "SELECT ?, ?, CAST(key AS INTEGER), value FROM json_each(?)",
+                    "INSERT INTO emitted "
+                    "SELECT ?, ?, CAST(key AS INTEGER), value FROM json_each(?) WHERE true "
+                    "ON CONFLICT DO UPDATE SET start_time = max(start_time, excluded.start_time)",
                     (
                         partner_id,
                         stream,

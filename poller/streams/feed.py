@@ -161,6 +161,9 @@ class PartnerFeed:
         for record, key in zip(records, keys, strict=True):
             if key in already:
                 counts.duplicates += 1
+                if listed_in is not None and record.start() is None:
+                    # Its start lies in this window too: where it is counted may move later.
+                    remembered.append((key, listed_in.start))
                 continue
             already.add(key)
             try:

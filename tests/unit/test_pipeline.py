@@ -34,6 +34,7 @@ DLQ = TopicSettings().dlq
 TOPICS = TopicSettings()
 H = timedelta(hours=1)
 S = timedelta(seconds=1)
+M = timedelta(minutes=1)
 WINDOW = Window(T0 - 2 * H, T0)
 
 
@@ -433,6 +434,29 @@ async def test_a_bad_record_is_counted_in_the_window_it_was_listed_in(state: Sta
     (letter,) = publisher.acknowledged
     assert letter.topic == TOPICS.dlq
     assert dict(letter.headers)["dlq_operation"] == b"PartnerCompletedSessions"
+
+
+async def test_a_bad_record_listed_again_in_a_later_starting_window_is_counted_there(
+    state: StateStore,
+) -> None:
+    """Its start lies in every window it is listed in: remembered at the first one's start, it
+    counted in the bucket before its own, where it hid a session missing from the feed from
+    the reconcile sweep, and left its own bucket short for ever. The sweep's rescan of its own
+    bucket moves it there."""
+    publisher = MemoryPublisher()
+    feed = feed_for(state, publisher, started_enabled=False)
+    bad = session(5, startTime="yesterday")
+    scan = Window(T0 - 5 * M, T0 + 5 * M)
+    await feed.deliver([bad], "completed", "PartnerCompletedSessions", None, scan)
+    assert state.count_emitted(1, "completed", Window(T0 - H, T0)) == 1
+    bucket = Window(T0, T0 + H)
+    delivered = await feed.deliver([bad], "completed", "PartnerCompletedSessions", None, bucket)
+    assert delivered.duplicates == 1 and len(publisher.acknowledged) == 1, "dead-lettered once"
+    assert state.count_emitted(1, "completed", Window(T0 - H, T0)) == 0
+    assert state.count_emitted(1, "completed", bucket) == 1
+    # An earlier-starting window says less: it does not move it back.
+    await feed.deliver([bad], "completed", "PartnerCompletedSessions", None, scan)
+    assert state.count_emitted(1, "completed", bucket) == 1
 
 
 async def test_a_bad_record_listed_in_no_window_is_counted_now(state: StateStore) -> None:
