@@ -127,7 +127,8 @@ class ServerClock:
     or behind it, is not believed alone: one node of a farm with a fast clock would carry the
     scan into upstream's future, and what ends there would be left to the sweep. The next
     answer asked after it was read settles it: one that strays the same way confirms the move
-    (a clock set by hand, an emulator's fast clock), one that does not refutes it.
+    (a clock set by hand, an emulator's fast clock), one that does not refutes it. Any answer
+    read meanwhile that agrees with the belief refutes it too.
     """
 
     tolerance: float = 300.0
@@ -180,7 +181,9 @@ class ServerClock:
             return
         doubt = self._doubt
         way = self._strays(reading)
-        if doubt is not None and reading.asked >= doubt.at:
+        # Settled by an answer asked after it was read; refuted by any that agrees with the
+        # belief (in a farm with one fast node, another's answer read in between).
+        if doubt is not None and (reading.asked >= doubt.at or not way):
             self._doubt = None
             if way and way == self._strays(doubt):
                 later = reading if reading.moment >= doubt.moment or way < 0 else doubt
