@@ -8,9 +8,7 @@ import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.harness import (
@@ -26,22 +24,24 @@ from tests.integration.hostile import HostileServer, counts_or, json_answer, lis
 from tests.integration.test_hostile_upstream import daemon
 
 
+def serving_a_large_session(guests: int) -> HostileServer:
+    """An upstream whose every listing is one page: session 1, session 2 with ``guests``
+    guests (400: about 60 kB; 10,000: more than Kafka's default 1 MB), session 3."""
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    large = session(2, start)
+    large["guests"] = [
+        {"type": "guest", "status": "C", "name": f"guest {i}", "email": f"g{i}@example.com",
+         "ip": "203.0.113.9", "location": {"city": "Boston", "region": "MA", "countryCode": "US"}}
+        for i in range(guests)
+    ]  # fmt: skip
+    records = [session(1, start), large, session(3, start)]
+    return HostileServer(counts_or(lambda operation, params: json_answer(listing(records))))
+
+
 def test_an_oversized_session_is_dead_lettered_and_the_feed_goes_on(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    start = datetime.now(UTC) - timedelta(minutes=30)
-    huge = session(2, start)
-    huge["guests"] = [
-        {"type": "guest", "status": "C", "name": f"guest {i}", "email": f"g{i}@example.com",
-         "ip": "203.0.113.9", "location": {"city": "Boston", "region": "MA", "countryCode": "US"}}
-        for i in range(10_000)
-    ]  # fmt: skip
-    records = [session(1, start), huge, session(3, start)]
-
-    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
-        return json_answer(listing(records))
-
-    with HostileServer(counts_or(answer)).running() as upstream:
+    with serving_a_large_session(guests=10_000).running() as upstream:
         run = daemon(tmp_path, upstream.url, kafka_bootstrap, max_answer_bytes=8 << 20)
         run.settings["completed"]["interval"] = "1s"
         process = run.start()
@@ -98,24 +98,10 @@ def create_topics(bootstrap: str, limits: dict[str, int]) -> None:
     asyncio.run(create())
 
 
-def page_with_a_60_kb_session() -> list[dict[str, Any]]:
-    start = datetime.now(UTC) - timedelta(minutes=30)
-    large = session(2, start)
-    large["guests"] = [
-        {"type": "guest", "status": "C", "name": f"guest {i}", "email": f"g{i}@example.com",
-         "ip": "203.0.113.9", "location": {"city": "Boston", "region": "MA", "countryCode": "US"}}
-        for i in range(400)
-    ]  # fmt: skip
-    return [session(1, start), large, session(3, start)]
-
-
 def test_a_topic_whose_own_limit_is_below_the_producers_dead_letters_what_it_refuses(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    records = page_with_a_60_kb_session()
-    with HostileServer(
-        counts_or(lambda operation, params: json_answer(listing(records)))
-    ).running() as upstream:
+    with serving_a_large_session(guests=400).running() as upstream:
         run = daemon(tmp_path, upstream.url, kafka_bootstrap)
         create_topics(kafka_bootstrap, {run.topics.completed: 20_000})
         result = run.once()
@@ -133,10 +119,7 @@ def test_a_topic_whose_own_limit_is_below_the_producers_dead_letters_what_it_ref
 def test_an_event_whose_letter_the_dead_letter_topic_refuses_too_is_met_again(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    records = page_with_a_60_kb_session()
-    with HostileServer(
-        counts_or(lambda operation, params: json_answer(listing(records)))
-    ).running() as upstream:
+    with serving_a_large_session(guests=400).running() as upstream:
         run = daemon(tmp_path, upstream.url, kafka_bootstrap)
         run.settings["completed"]["interval"] = "1s"
         create_topics(kafka_bootstrap, {run.topics.completed: 20_000, run.topics.dlq: 8_000})

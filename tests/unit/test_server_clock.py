@@ -55,10 +55,16 @@ class Monotonic:
         return self.now
 
 
-def test_a_clock_that_stands_still_is_never_carried_forward() -> None:
-    host = datetime.now(UTC).replace(microsecond=0)
+def upstream_clock(ago: int, tolerance: int) -> tuple[datetime, Monotonic, ServerClock]:
+    """Upstream's time ``ago`` seconds before the host's (whole seconds, as ``Date`` has), the
+    host's monotonic clock moved by hand, and a clock reading them."""
     mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host = datetime.now(UTC).replace(microsecond=0) - ago * S
+    return host, mono, ServerClock(tolerance=tolerance, monotonic=mono)
+
+
+def test_a_clock_that_stands_still_is_never_carried_forward() -> None:
+    host, mono, clock = upstream_clock(ago=0, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 6
     clock.observe(http_date(host))  # six seconds later, the same instant: a frozen clock
@@ -68,9 +74,7 @@ def test_a_clock_that_stands_still_is_never_carried_forward() -> None:
 
 
 def test_a_clock_keeping_pace_is_carried_forward_never_ahead_of_upstream() -> None:
-    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=30, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 6.4
     clock.observe(http_date(host + 6 * S))  # read 6.4 s later: upstream's 6.4 s, floored
@@ -83,9 +87,7 @@ def test_a_clock_keeping_pace_is_carried_forward_never_ahead_of_upstream() -> No
 
 
 def test_a_clock_that_stops_is_no_longer_carried_forward() -> None:
-    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=30, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 6
     clock.observe(http_date(host + 6 * S))
@@ -96,9 +98,7 @@ def test_a_clock_that_stops_is_no_longer_carried_forward() -> None:
 
 
 def test_a_clock_that_jumps_is_not_carried_forward() -> None:
-    host = datetime.now(UTC).replace(microsecond=0) - 200 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=200, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 6
     clock.observe(http_date(host + 120 * S))  # moved on by hand, then maybe frozen again
@@ -111,9 +111,7 @@ def test_a_clock_that_jumps_is_not_carried_forward() -> None:
 def test_one_answer_dated_ahead_of_upstream_is_not_believed_alone() -> None:
     """One node of a farm two minutes fast (within the tolerance): believed, it would carry the
     scan two minutes into upstream's future and leave what ends there to the sweep."""
-    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=30, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 1
     clock.observe(http_date(host + 121 * S))
@@ -126,9 +124,7 @@ def test_one_answer_dated_ahead_of_upstream_is_not_believed_alone() -> None:
 
 
 def test_a_clock_moved_forward_is_followed_once_a_later_answer_agrees() -> None:
-    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=3600, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=3000, tolerance=3600)
     clock.observe(http_date(host))
     mono.now += 1
     clock.observe(http_date(host + 2401 * S))  # the clock moved 40 minutes
@@ -140,9 +136,7 @@ def test_a_clock_moved_forward_is_followed_once_a_later_answer_agrees() -> None:
 def test_a_clock_moved_back_is_followed_once_a_later_answer_agrees() -> None:
     """Kept at the latest reading, the estimate would run the move's length ahead of upstream
     for as long as the daemon runs."""
-    host = datetime.now(UTC).replace(microsecond=0) - 30 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=30, tolerance=300)
     clock.observe(http_date(host))
     mono.now += 1
     clock.observe(http_date(host - 89 * S))  # moved back 90 s
@@ -156,9 +150,7 @@ def test_a_farm_with_one_fast_node_never_carries_the_estimate_ahead() -> None:
     """Round robin over two nodes, one two minutes fast, with calls overlapping (several
     streams share a partner's clock): two fast answers can be asked one after the other while
     a correct one, asked earlier, is read between them. The correct one refutes the first."""
-    host = datetime.now(UTC).replace(microsecond=0) - 60 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=300, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=60, tolerance=300)
     clock.observe(http_date(host), asked_at=mono.now)
     for step in range(1, 40):
         mono.now += 0.5
@@ -171,9 +163,7 @@ def test_a_farm_with_one_fast_node_never_carries_the_estimate_ahead() -> None:
 
 
 def test_a_real_jump_is_followed_once_the_answers_asked_before_it_are_in() -> None:
-    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=3600, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=3000, tolerance=3600)
     clock.observe(http_date(host), asked_at=mono.now)
     mono.now += 2
     clock.observe(http_date(host + 2400 * S), asked_at=mono.now - 0.5)
@@ -189,9 +179,7 @@ def test_a_real_jump_is_followed_once_the_answers_asked_before_it_are_in() -> No
 
 def test_a_clock_running_thirty_times_fast_is_followed() -> None:
     """The emulator's fast clock (speed 30): each answer is far ahead of the last."""
-    host = datetime.now(UTC).replace(microsecond=0) - 3000 * S
-    mono = Monotonic()
-    clock = ServerClock(tolerance=3600, monotonic=mono)
+    host, mono, clock = upstream_clock(ago=3000, tolerance=3600)
     for step in range(10):
         clock.observe(http_date(host + 30 * step * S))
         mono.now += 1
