@@ -249,7 +249,8 @@ class ServerClock:
         return min(moment, ceiling)
 
     def age(self) -> float:
-        return self.monotonic() - self.observed_at if self.latest is not None else float("inf")
+        """Seconds since ``latest`` was read (asked only once there is one)."""
+        return self.monotonic() - self.observed_at
 
     def fresh(self, max_age: float) -> bool:
         """Whether ``now()`` can be had without asking: a recent reading, or one carried

@@ -146,6 +146,16 @@ def test_a_clock_moved_back_is_followed_once_a_later_answer_agrees() -> None:
     assert clock.now() == host - 88 * S
 
 
+def test_answers_straying_opposite_ways_do_not_confirm_each_other() -> None:
+    host, mono, clock = upstream_clock(ago=100, tolerance=300)
+    clock.observe(http_date(host))
+    mono.now += 1
+    clock.observe(http_date(host - 89 * S))  # one node behind...
+    mono.now += 1
+    clock.observe(http_date(host + 92 * S))  # ...and another ahead: neither is believed
+    assert clock.now() == host
+
+
 def test_a_farm_with_one_fast_node_never_carries_the_estimate_ahead() -> None:
     """Round robin over two nodes, one two minutes fast, with calls overlapping (several
     streams share a partner's clock): two fast answers can be asked one after the other while
