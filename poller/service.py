@@ -84,6 +84,8 @@ class PartnerRun:
 # does, and it cut 300 idle partners' CPU by a third (bench/README.md). A stream with traffic
 # keeps its exact phase: grouped, its pages would arrive and be built in bursts (p99 +0.5 s).
 TICK_MARK = 0.25
+# The longest the broker watcher's question to Kafka may take (seconds).
+PING_LIMIT = 5.0
 
 
 def on_the_mark(now: float, wait: float) -> float:
@@ -166,6 +168,7 @@ class Service:
         if stop_requested():  # a SIGTERM while starting: stop as if it came now
             self.request_stop()
         watcher: asyncio.Task[None] | None = None
+        watch_ended = asyncio.Event()
         try:
             connector = upstream_connector(settings.glance, len(self._config.partners))
             async with aiohttp.ClientSession(connector=connector) as http:
@@ -182,14 +185,20 @@ class Service:
                 )
                 self.health.running = True
                 if not once:
-                    watcher = asyncio.create_task(self._watch_broker(publisher))
+                    watcher = asyncio.create_task(self._watch_broker(publisher, watch_ended))
                 results = await self._run_all(once)
         finally:
             self.health.running = False
+            # Ended before the publisher stops, and not by cancelling it: a producer cancelled
+            # while it connects leaves its connections open.
+            watch_ended.set()
             if watcher is not None:
+                await asyncio.wait({watcher}, timeout=min(PING_LIMIT + 1.0, self._time_left()))
+            # Cancelled again until it ends: Python 3.11's wait_for can swallow a cancellation
+            # that lands as its inner call completes, and the watcher would then run on.
+            while watcher is not None and not watcher.done():
                 watcher.cancel()
-                # Before the publisher stops: a producer it is still starting must be closed.
-                await asyncio.gather(watcher, return_exceptions=True)
+                await asyncio.wait({watcher}, timeout=1.0)
             await publisher.stop(self._time_left())
             state.close()
             if server is not None:
@@ -262,21 +271,22 @@ class Service:
             self.health.watch(partner.id, stream.name, stream.interval)
         return run
 
-    async def _watch_broker(self, publisher: KafkaPublisher) -> None:
+    async def _watch_broker(self, publisher: KafkaPublisher, ended: asyncio.Event) -> None:
         """When no batch was acknowledged lately, ask Kafka for metadata: /readyz must
-        notice a broker that went away even while there is nothing to send."""
+        notice a broker that went away even while there is nothing to send. Ends when
+        ``ended`` is set, after the question in flight (at most PING_LIMIT seconds)."""
         every = self._config.settings.health.broker_check_interval
-        while not self._stopping.is_set():
+        while not ended.is_set():
             quiet = self.health.broker_quiet_for()
             if quiet is None or quiet >= every:
                 try:
-                    await publisher.ping(min(every, 5.0))
+                    await publisher.ping(min(every, PING_LIMIT))
                 except KafkaAuthFailed as exc:
                     self._fatal = exc
                     self.request_stop()
                     return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), every)
+                await asyncio.wait_for(ended.wait(), every)
 
     async def _run_all(self, once: bool) -> list[bool]:
         jitter = 0.0 if once else self._config.settings.service.start_jitter
