@@ -134,16 +134,29 @@ async def test_authentication_faults_every_answer_for_a_minute_are_a_rejection(
     emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
     glance = client(http, emulator)
     host = on_host_clock(glance)
-    for elapsed in (0.0, 30.0, 59.0):
+    for elapsed in (0.0, 30.0):
         host[0] = 1000.0 + elapsed
         with pytest.raises(RetriableUpstreamError) as doubted:
             await glance.server_now()
         assert doubted.value.reason == "authentication"
         assert "SSPI" in str(doubted.value)
-    host[0] = 1062.0
+    host[0] = 1060.0  # the third answer, a minute after the first
     with pytest.raises(AuthenticationFailed) as caught:
         await glance.server_now()
+    assert f"partner {PARTNER_ID}:" in str(caught.value)
     assert "A call to SSPI failed" in str(caught.value)
+
+
+async def test_two_authentication_faults_a_minute_apart_are_not_yet_a_rejection(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> None:
+    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
+    glance = client(http, emulator)
+    host = on_host_clock(glance)
+    for elapsed in (0.0, 61.0):
+        host[0] = 1000.0 + elapsed
+        with pytest.raises(RetriableUpstreamError):
+            await glance.server_now()
 
 
 async def test_an_answer_between_authentication_faults_starts_the_minute_again(
