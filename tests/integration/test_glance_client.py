@@ -119,6 +119,15 @@ def on_host_clock(glance: GlanceClient, start: float = 1000.0) -> list[float]:
     return host
 
 
+def answered_by_sspi_faults(
+    http: aiohttp.ClientSession, emulator: Emulator
+) -> tuple[GlanceClient, list[float]]:
+    """A client whose next ten counts calls get the SSPI fault, on a host clock set by hand."""
+    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
+    glance = client(http, emulator)
+    return glance, on_host_clock(glance)
+
+
 async def test_one_authentication_fault_that_names_no_key_is_retried(
     http: aiohttp.ClientSession, emulator: Emulator
 ) -> None:
@@ -131,9 +140,7 @@ async def test_one_authentication_fault_that_names_no_key_is_retried(
 async def test_authentication_faults_every_answer_for_a_minute_are_a_rejection(
     http: aiohttp.ClientSession, emulator: Emulator
 ) -> None:
-    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
-    glance = client(http, emulator)
-    host = on_host_clock(glance)
+    glance, host = answered_by_sspi_faults(http, emulator)
     for elapsed in (0.0, 30.0):
         host[0] = 1000.0 + elapsed
         with pytest.raises(RetriableUpstreamError) as doubted:
@@ -150,9 +157,7 @@ async def test_authentication_faults_every_answer_for_a_minute_are_a_rejection(
 async def test_two_authentication_faults_a_minute_apart_are_not_yet_a_rejection(
     http: aiohttp.ClientSession, emulator: Emulator
 ) -> None:
-    emulator.admin("POST", "/admin/faults", {"calls": [SSPI_FAULT | {"count": 10}]})
-    glance = client(http, emulator)
-    host = on_host_clock(glance)
+    glance, host = answered_by_sspi_faults(http, emulator)
     for elapsed in (0.0, 61.0):
         host[0] = 1000.0 + elapsed
         with pytest.raises(RetriableUpstreamError):
