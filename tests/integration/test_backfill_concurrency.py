@@ -71,6 +71,21 @@ def _exactly_once(poller: PollerRun, upstream: dict[int, dict[str, Any]]) -> Non
         assert record.value == expected_value(upstream[int(str(record.key))])
 
 
+def _windows_in_progress(poller: PollerRun) -> list[dict[str, Any]]:
+    """The backfill's windows that have committed a page and not yet finished, as its state
+    says (read while the backfill runs, as ``state show`` does)."""
+    path = poller.workdir / "state.backfill.sqlite3"
+    if not path.exists():
+        return []
+    state = StateStore.read_only(path)
+    try:
+        cursors = state.snapshot()["streams"]
+    finally:
+        state.close()
+    assert all(RANGE_CURSOR.match(c["stream"]) for c in cursors), cursors
+    return [c for c in cursors if "#" in c["stream"] and c["scanInProgress"]]
+
+
 def _partner_load(emulator: Emulator) -> dict[str, int]:
     return dict(emulator.admin("GET", "/admin/stats")["partners"][str(PARTNER_ID)])
 
@@ -78,8 +93,7 @@ def _partner_load(emulator: Emulator) -> dict[str, int]:
 def test_interrupted_with_four_windows_in_flight_and_resumed_every_session_arrives_once(
     emulator: Emulator, poller: PollerRun
 ) -> None:
-    # Windows of about 15 pages: the interrupt (a few hundred sessions in, noticed by
-    # consuming the topic) lands mid-window however quickly the pages come.
+    # Windows of about 15 pages, so that several are part-way at once.
     upstream = _sessions(emulator, 3000, seed=5)
     _configure(poller)
     # Every call takes a while, as across the internet: the windows overlap.
@@ -87,11 +101,9 @@ def test_interrupted_with_four_windows_in_flight_and_resumed_every_session_arriv
     emulator.admin("POST", "/admin/stats/reset")
 
     first = start_backfill(poller, "backfill-1.log")
-
-    def delivered() -> int:
-        return len(consume(poller.bootstrap, poller.topics.completed, idle=0.2, timeout=10))
-
-    wait_until(lambda: delivered() >= 300, 90, "300 sessions of the range", 0.2)
+    # The interrupt waits for the state to show three windows part-way, not for a count of
+    # sessions: on a busy machine the windows' first pages land at different times.
+    wait_until(lambda: len(_windows_in_progress(poller)) >= 3, 90, "three windows part-way", 0.1)
     assert kill(first, signal.SIGINT) == 130, "interrupted, not done"
     first_log = (poller.workdir / "backfill-1.log").read_text()
     (started,) = log_events(first_log, "backfill starting")
@@ -100,15 +112,9 @@ def test_interrupted_with_four_windows_in_flight_and_resumed_every_session_arriv
     assert 0 < stopped["windows_left"] <= started["windows"]
     # Windows really were fetched at once, never more than the setting.
     assert 2 <= _partner_load(emulator)["peakConcurrent"] <= CONCURRENCY
-    # Every window in flight at the interrupt kept its own place.
-    state = StateStore.read_only(poller.workdir / "state.backfill.sqlite3")
-    try:
-        cursors = state.snapshot()["streams"]
-    finally:
-        state.close()
-    assert cursors and all(RANGE_CURSOR.match(c["stream"]) for c in cursors), cursors
-    in_progress = [c for c in cursors if "#" in c["stream"] and c["scanInProgress"]]
-    assert len(in_progress) >= 2, cursors
+    # Every window in flight at the interrupt kept its own place (one may have finished its
+    # last page while the interrupt settled it).
+    assert len(_windows_in_progress(poller)) >= 2
 
     second = backfill(poller)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
