@@ -26,6 +26,7 @@ from tests.integration.harness import (
     running,
     wait_until,
 )
+from tests.integration.test_kafka_refusals import create_topics
 
 
 @pytest.fixture
@@ -261,3 +262,85 @@ def test_ten_broker_restarts_at_random_moments_of_a_backlog_lose_nothing(
     for record in records:
         ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
     assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
+
+
+def test_broker_restarts_while_the_topic_refuses_some_events_lose_nothing_and_wedge_nothing(
+    tmp_path: Path, emulator: Emulator, own_broker: LocalBroker
+) -> None:
+    """Each refusal replaces the producer, and so does each restart: both at once, with pages
+    in flight, must still give every session that fits (under one ``ce_id``) and a dead letter
+    for every one the topic refuses, and nothing else."""
+    import random
+
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {
+            "partnerId": PARTNER_ID,
+            "count": 1500,
+            "from": "2026-03-10T07:10:00Z",
+            "until": "2026-03-10T11:50:00Z",
+            "maxDuration": 600,
+            "seed": 41,
+        },
+    )
+    fits = {str(s["id"]) for s in emulator.sessions("ended")}
+    # Spread over the range, each about 30 kB: above the topic's own limit below.
+    large = [
+        {
+            "startTime": f"2026-03-10T{7 + i // 8:02d}:{(i * 7) % 60:02d}:00Z",
+            "endTime": f"2026-03-10T{7 + i // 8:02d}:{(i * 7) % 60:02d}:40Z",
+            "padding": "x" * 30_000,
+        }
+        for i in range(36)
+    ]
+    refused = {
+        str(i)
+        for i in emulator.admin(
+            "POST", "/admin/sessions", {"partnerId": PARTNER_ID, "sessions": large}
+        )["ids"]
+    }
+    slow = {"p": 1.0, "kinds": ["slow"], "seed": 5, "params": {"delay": 0.5}}
+    emulator.admin("POST", "/admin/faults", {"rate": slow})
+    poller = outage_poller(tmp_path, emulator, own_broker)
+    poller.settings["started"] = {"enabled": False}
+    poller.settings["reconcile"] = {"enabled": False}
+    create_topics(own_broker.bootstrap, {poller.topics.completed: 20_000})
+
+    def letters() -> set[str]:
+        found = consume(poller.bootstrap, poller.topics.dlq, idle=0.5)
+        return {r.headers["dlq_session_id"] for r in found}
+
+    rng = random.Random(20261202)
+    daemon = poller.start()
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(0.5, 3.0))
+            if rng.random() < 0.5:
+                own_broker.kill()
+            else:
+                own_broker.stop()
+            time.sleep(rng.uniform(0.5, 3.0))
+            own_broker.start()
+        emulator.admin("DELETE", "/admin/faults")
+
+        wait_until(
+            lambda: (
+                len({r.key for r in consume(poller.bootstrap, poller.topics.completed, idle=0.5)})
+                >= len(fits)
+                and letters() >= refused
+            ),
+            timeout=180,
+            what="every session that fits, and a letter for every one refused",
+            interval=2.0,
+        )
+        assert daemon.poll() is None, poller.log_text()[-3000:]
+    finally:
+        assert kill(daemon, signal.SIGTERM) == 0
+    records = consume(poller.bootstrap, poller.topics.completed, expect=len(fits))
+    assert {r.key for r in records} == fits
+    ce_ids: dict[str | None, set[str]] = {}
+    for record in records:
+        ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
+    assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
+    assert letters() == refused
