@@ -52,7 +52,7 @@ from poller.streams.base import Stream
 from poller.streams.completed import CompletedStream
 from poller.streams.counts import CountsStream
 from poller.streams.feed import PartnerFeed
-from poller.streams.names import STARTED
+from poller.streams.names import COMPLETED, STARTED
 from poller.streams.open_sessions import OpenSessions
 from poller.streams.reconcile import ReconcileSweep
 from poller.streams.started import StartedStream
@@ -84,6 +84,11 @@ class PartnerRun:
 # does, and it cut 300 idle partners' CPU by a third (bench/README.md). A stream with traffic
 # keeps its exact phase: grouped, its pages would arrive and be built in bursts (p99 +0.5 s).
 TICK_MARK = 0.25
+# The streams that poll every few seconds: a tick of theirs that read nothing is logged at
+# debug. Three hundred quiet partners would otherwise write 60 lines a second saying nothing
+# (gigabytes a day, and a tenth of a quiet daemon's CPU); ticks_total counts every tick, and
+# the sweep's and the counts' ticks, a few an hour, are always logged.
+POLLS = frozenset({COMPLETED, STARTED})
 # The longest the broker watcher's question to Kafka may take (seconds).
 PING_LIMIT = 5.0
 
@@ -426,7 +431,8 @@ class Service:
                 if failing:
                     log.info("recovered")
                 failing = False
-                log.info("tick", seconds=round(time.monotonic() - started, 3), **result.as_log())
+                tick_log = log.debug if result.quiet and stream.name in POLLS else log.info
+                tick_log("tick", seconds=round(time.monotonic() - started, 3), **result.as_log())
                 if result.behind and not once:
                     continue
                 quiet = result.quiet

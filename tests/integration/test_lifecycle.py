@@ -127,6 +127,8 @@ def test_restarts_with_sigterm_and_sigkill_change_nothing(
     poller.settings["reconcile"] = {"interval": "200ms"}
     poller.settings["started"] = {"interval": "200ms"}
     poller.settings["glance"] = {"page_size": 50}
+    # Progress is read from every tick's line: those that read nothing are logged at debug.
+    poller.settings["log"] = {"level": "debug", "format": "json"}
     daemon = poller.start()
     # The feed begins before the traffic: its first scan, before the clock moves.
     wait_until(

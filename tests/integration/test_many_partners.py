@@ -7,15 +7,21 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter, defaultdict
+from datetime import datetime, timedelta
 
 from tests.integration.harness import (
     PARTNER_ID,
     Emulator,
     PollerRun,
     consume,
+    http_get,
     kill,
     log_events,
+    metric,
+    operator_port,
+    wait_until,
 )
+from tests.integration.test_lifecycle import iso
 
 PARTNERS = 50
 PER_PARTNER = 6
@@ -111,3 +117,50 @@ def test_no_partner_waits_for_a_connection_another_partner_holds(
         code = kill(daemon, signal.SIGTERM)
     assert peak >= many, f"only {peak} of {many} partners' calls were in flight together"
     assert code == 0, poller.log_text()[-3000:]
+
+
+def test_a_poll_that_finds_nothing_writes_no_log_line_and_one_that_reads_does(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """Three hundred quiet partners polled every 5 s would write 60 lines a second, most of a
+    quiet daemon's CPU and gigabytes of logs a day, all saying nothing: a tick of the completed
+    or started stream that read nothing is logged at debug (and counted, as every tick is)."""
+    others = {900000 + i: f"key-{i:02d}-c3e1" for i in range(1, 5)}
+    for partner_id, key in others.items():
+        emulator.admin("POST", "/admin/partners", {"partnerId": partner_id, "apiKey": key})
+    poller.other_partners = others
+    poller.settings["completed"] = {"interval": "300ms"}
+    poller.settings["started"] = {"interval": "300ms"}
+    poller.settings["reconcile"] = {"enabled": False}
+    poller.settings["counts"] = {"enabled": False}
+
+    def ticks(stream: str) -> float:
+        port = operator_port(poller.log_text())
+        if port is None:
+            return 0.0
+        text = http_get(port, "/metrics")[1].decode()
+        return metric(text, "glance_poller_ticks_total", stream=stream, result="ok")
+
+    daemon = poller.start()
+    try:
+        wait_until(lambda: ticks("completed") >= 30 and ticks("started") >= 30, 60, "quiet ticks")
+        assert log_events(poller.log_text(), "tick", stream="completed") == []
+        assert log_events(poller.log_text(), "tick", stream="started") == []
+        now = datetime.fromisoformat(emulator.admin("GET", "/admin/clock")["now"])
+        session = {
+            "startTime": iso(now + timedelta(seconds=10)),
+            "endTime": iso(now + timedelta(seconds=40)),
+        }
+        (added,) = emulator.admin(
+            "POST", "/admin/sessions", {"partnerId": PARTNER_ID, "sessions": [session]}
+        )["ids"]
+        emulator.admin("POST", "/admin/clock", {"advance": 60})
+        assert len(consume(poller.bootstrap, poller.topics.completed, expect=1, timeout=60)) == 1
+        wait_until(
+            lambda: bool(log_events(poller.log_text(), "tick", stream="completed")), 30, "its tick"
+        )
+    finally:
+        assert kill(daemon, signal.SIGTERM) == 0
+    logged = log_events(poller.log_text(), "tick", stream="completed")
+    assert logged and all(t["records"] > 0 or t["departed_fetched"] > 0 for t in logged), logged
+    assert {t["partner"] for t in logged} == {PARTNER_ID}, f"session {added} is {PARTNER_ID}'s"
