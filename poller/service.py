@@ -425,6 +425,10 @@ class Service:
                 log.exception("tick crashed; will retry next tick")
                 failing = True
             else:
+                if run.fatal is not None:
+                    # Another stream of this partner met its rejection: this tick was cut
+                    # short, and says nothing about whether the partner works.
+                    return False
                 succeeded = True
                 metrics.TICKS.labels(*labels, "ok").inc()
                 self.health.tick_succeeded(stream.partner_id, stream.name)

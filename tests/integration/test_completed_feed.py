@@ -7,7 +7,15 @@ import signal
 from collections import Counter
 from typing import Any
 
-from tests.integration.harness import PARTNER_ID, Emulator, PollerRun, consume, kill, wait_until
+from tests.integration.harness import (
+    PARTNER_ID,
+    Emulator,
+    PollerRun,
+    consume,
+    kill,
+    log_events,
+    wait_until,
+)
 
 CE_HEADERS = {
     "ce_specversion",
@@ -250,6 +258,42 @@ def test_a_daemon_whose_only_key_is_rejected_exits_3_and_closes_what_it_opened(
     assert len(errors) == 1, output
     assert "rejected the credentials" in errors[0]
     assert "Unclosed" not in output and "Traceback" not in output, output
+
+
+def test_a_key_rejected_while_the_streams_are_failing_ends_them_without_a_recovery(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """The first stream to meet the rejection halts the partner; the others, waiting out a
+    retry at that moment, end without claiming a tick that worked (they used to log
+    "recovered" and a tick line in the same millisecond as the rejection)."""
+    every_call_fails = {"p": 1.0, "kinds": ["error500"], "seed": 2}
+    emulator.admin("POST", "/admin/faults", {"rate": every_call_fails})
+    poller.settings["completed"] = {"interval": "300ms"}
+    poller.settings["started"] = {"interval": "300ms"}
+    poller.settings["retry"] = {"initial_delay": "50ms", "max_delay": "300ms", "max_attempts": 4}
+    process = poller.start()
+    try:
+        wait_until(
+            lambda: (
+                {
+                    line["stream"]
+                    for line in log_events(poller.log_text(), "tick failed; will retry next tick")
+                }
+                >= {"completed", "started"}
+            ),
+            60,
+            "both streams failing",
+        )
+        emulator.admin("POST", "/admin/partners", {"partnerId": PARTNER_ID, "apiKey": "new-key"})
+        emulator.admin("DELETE", "/admin/faults")
+        assert process.wait(60) == 3
+    finally:
+        kill(process, signal.SIGTERM)
+    output = poller.log_text()
+    rejected = output.index("rejected the credentials")
+    after = output[rejected:]
+    assert '"event":"recovered"' not in after, after
+    assert log_events(after, "tick") == [], after
 
 
 def test_a_second_daemon_on_the_same_state_exits_4(emulator: Emulator, poller: PollerRun) -> None:
