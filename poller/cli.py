@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import orjson
+import structlog
 
 from poller import logs
 from poller.check import add_arguments as check_arguments
@@ -340,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception:
+        if not structlog.is_configured():
+            # A failure before the configuration is read: structlog's default tracebacks
+            # list every frame's local variables, the API key and passwords among them.
+            logs.configure("info", "auto", stream=sys.stderr)
         log.exception("unexpected failure")
         return EXIT_FAILURE
     return code

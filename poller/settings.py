@@ -27,11 +27,18 @@ from pydantic import (
     ValidationError,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from poller.cursor import MAX_STORED_INT
 from poller.errors import ConfigError, ConfigProblem
 
+# pydantic-settings' message for a variable it could not parse names the field.
+_SETTINGS_FIELD = re.compile(r'field "([a-z_]+)"')
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -315,10 +322,21 @@ def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProb
         key_file = Path(os.environ["GLANCE_API_KEY_FILE"])
     if key_file is not None:
         try:
-            value = key_file.read_text(encoding="utf-8").strip()
+            value = key_file.read_text(encoding="utf-8-sig").strip()
         except OSError as exc:
             problems.append(
                 ConfigProblem(f"{key_path}.api_key_file", f"cannot read {key_file}: {exc.strerror}")
+            )
+            return ""
+        except UnicodeDecodeError as exc:
+            # Said without the bytes: they are the key. A UTF-16 file (Windows PowerShell's
+            # `echo key > file`) or a Latin-1 editor's no-break space end here.
+            problems.append(
+                ConfigProblem(
+                    f"{key_path}.api_key_file",
+                    f"{key_file} is not UTF-8 text (byte {exc.start} is not UTF-8); "
+                    "save the key as UTF-8",
+                )
             )
             return ""
         if not value:
@@ -415,6 +433,13 @@ def load_config(path: Path | None, *, need_credentials: bool = True) -> Config:
     file_values = _read_toml(path, problems) if path is not None else {}
     try:
         settings = Settings(**file_values)
+    except SettingsError as exc:
+        # A POLLER_<SECTION> variable that is not JSON. Its value is not repeated (it may
+        # hold a password), nor the parser's message, which quotes it.
+        field = _SETTINGS_FIELD.search(str(exc))
+        name = f"POLLER_{field.group(1).upper()}" if field else "a POLLER_ variable"
+        problems.append(ConfigProblem(name, "is not a JSON object; give the section as JSON"))
+        raise ConfigError(problems) from None
     except ValidationError as exc:
         for error in exc.errors():
             key = "".join(

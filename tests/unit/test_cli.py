@@ -333,3 +333,84 @@ def test_progress_is_lines_on_a_terminal_without_a_size(monkeypatch: pytest.Monk
         backfill_progress.os, "get_terminal_size", lambda fd=0: os.terminal_size((80, 24))
     )
     assert isinstance(backfill_progress.progress_for_stderr(), backfill_progress.BarProgress)
+
+
+KEY = "Zk3f9QmA7pLx2RtW"
+KAFKA_PASSWORD = "SuperSecretKafkaPw-77"
+
+
+def _config_with_key_file(tmp_path: Path, key: bytes) -> Path:
+    (tmp_path / "key").write_bytes(key)
+    config = tmp_path / "poller.toml"
+    config.write_text(
+        '[glance]\nbase_url = "http://127.0.0.1:9"\n[kafka]\nbootstrap_servers = "127.0.0.1:9"\n'
+        f'[state]\npath = "{tmp_path}/state.sqlite3"\n'
+        f'[[partners]]\nid = 12345\napi_key_file = "{tmp_path}/key"\n'
+    )
+    return config
+
+
+# The daemon and the offline check exit 2; the online check reports a failed check, 1.
+CONFIG_EXITS = [(["run"], 2), (["check", "--offline"], 2), (["check"], 1)]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (KEY + "\xa0\n").encode("latin-1"),  # an editor's no-break space, saved as Latin-1
+        ("\ufeff" + KEY + "\r\n").encode("utf-16-le"),  # PowerShell's `echo key > file`
+    ],
+    ids=["latin-1", "utf-16"],
+)
+@pytest.mark.parametrize(("command", "code"), CONFIG_EXITS)
+def test_a_key_file_that_is_not_utf8_is_a_configuration_error_that_never_shows_the_key(
+    tmp_path: Path, key: bytes, command: list[str], code: int
+) -> None:
+    result = run(*command, "--config", str(_config_with_key_file(tmp_path, key)))
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "partners[0].api_key_file" in output and "UTF-8" in output
+    assert KEY not in output and "\\x00".join(KEY[:6]) not in output, output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("command", "code"), CONFIG_EXITS)
+def test_a_section_variable_not_json_is_a_configuration_error_that_never_shows_its_value(
+    tmp_path: Path, command: list[str], code: int
+) -> None:
+    config = tmp_path / "poller.toml"
+    config.write_text('[glance]\nbase_url = "http://127.0.0.1:9"\n[[partners]]\nid = 12345\n')
+    broken = f'{{"security_protocol": "SASL_SSL", "sasl_password": "{KAFKA_PASSWORD}", '
+    result = run(
+        *command,
+        "--config",
+        str(config),
+        env={"GLANCE_API_KEY": "it-api-key-5f2b9c", "POLLER_KAFKA": broken},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "POLLER_KAFKA" in output
+    assert KAFKA_PASSWORD not in output, output
+    assert "Traceback" not in output
+
+
+def test_an_unexpected_failure_before_the_configuration_is_read_shows_no_local_value() -> None:
+    """A bug while the configuration is read: logging (and its redaction) is not set up yet,
+    and structlog's default tracebacks list every frame's local variables, secrets included."""
+    program = (
+        "import sys\n"
+        "import poller.cli as cli\n"
+        "def load_config(path, *, need_credentials=True):\n"
+        f"    api_key = {KEY!r}\n"
+        "    raise RuntimeError('a bug while reading the configuration')\n"
+        "cli.load_config = load_config\n"
+        "sys.exit(cli.main(['run']))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("POLLER_", "GLANCE_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=base, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "unexpected failure" in output and "a bug while reading the configuration" in output
+    assert KEY not in output, output
