@@ -60,6 +60,33 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# Kafka's own rule (kafka.common.internals.Topic): a name it cannot hold would be retried
+# for ever at the first event, with readiness blaming Kafka.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _topic_name(value: str) -> str:
+    if not _TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            f"not a Kafka topic name: {value!r} (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
+        )
+    return value
+
+
+_SERVER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:,\[\]]+):(\d{1,5})")
+
+
+def _bootstrap_servers(value: str) -> str:
+    for server in value.split(","):
+        address = _SERVER.fullmatch(server.strip())
+        if address is None or not 0 < int(address.group(2)) <= 65535:
+            raise ValueError(f"{server.strip()!r} is not host:port (a comma-separated list)")
+    return value
+
+
+TopicName = Annotated[str, AfterValidator(_topic_name)]
+BootstrapServers = Annotated[str, AfterValidator(_bootstrap_servers)]
+
 # No duration the daemon knows is longer than a year: a bound keeps every date computed
 # from one inside what a datetime can hold (a configuration error, never an OverflowError).
 MAX_DURATION = 366 * 86400.0
@@ -105,7 +132,7 @@ class PartnerSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = "localhost:9092"
+    bootstrap_servers: BootstrapServers = "localhost:9092"
     client_id: str = "glance-poller"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -124,10 +151,10 @@ class KafkaSettings(_Section):
 
 
 class TopicSettings(_Section):
-    completed: str = "glance.session.completed"
-    started: str = "glance.session.started"
-    counts: str = "glance.session.counts"
-    dlq: str = "glance.dlq"
+    completed: TopicName = "glance.session.completed"
+    started: TopicName = "glance.session.started"
+    counts: TopicName = "glance.session.counts"
+    dlq: TopicName = "glance.dlq"
 
 
 class CompletedStreamSettings(_Section):

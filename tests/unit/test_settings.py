@@ -532,3 +532,33 @@ def test_a_variable_for_a_section_that_does_not_exist_is_refused_by_name(
     section = name.removeprefix("POLLER_").partition("__")[0].lower()
     assert problem.message.startswith(f"no section {section!r}: the sections are glance, ")
     assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["bad topic name!", "", ".", "..", "a" * 250, "glance/session", "sessions\u00e9"]
+)
+def test_a_topic_name_kafka_cannot_hold_is_a_configuration_error(tmp_path: Path, name: str) -> None:
+    """Found by an adversary: "bad topic name!" passed both checks, then the daemon retried
+    the topic for ever while /readyz blamed Kafka."""
+    path = write(tmp_path, f'[topics]\ncompleted = "{name}"\n')
+    assert "not a Kafka topic name" in problems_of(path, need_credentials=False)["topics.completed"]
+
+
+def test_topic_names_kafka_takes_are_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, '[topics]\ncompleted = "glance.Session_completed-2"\n')
+    topics = load_config(path, need_credentials=False).settings.topics
+    assert topics.completed == "glance.Session_completed-2"
+
+
+@pytest.mark.parametrize(
+    "servers", ["127.0.0.1:notaport", "host", "host:0", "host:70000", "a:9092,,b:9092", ":9092"]
+)
+def test_bootstrap_servers_must_each_be_a_host_and_port(tmp_path: Path, servers: str) -> None:
+    path = write(tmp_path, f'[kafka]\nbootstrap_servers = "{servers}"\n')
+    assert "host:port" in problems_of(path, need_credentials=False)["kafka.bootstrap_servers"]
+
+
+def test_bootstrap_servers_with_hosts_and_ports_are_kept(tmp_path: Path) -> None:
+    servers = "broker-1.example:9092, 10.0.0.7:19092,[::1]:9093"
+    path = write(tmp_path, f'[kafka]\nbootstrap_servers = "{servers}"\n')
+    assert load_config(path, need_credentials=False).settings.kafka.bootstrap_servers == servers
