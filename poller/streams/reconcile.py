@@ -126,7 +126,20 @@ class ReconcileSweep:
             if upstream <= state.count_emitted(self.partner_id, COMPLETED, bucket):
                 continue
             summary.rescanned += 1
-            outcome = await self._scanner.listing(COMPLETED_SESSIONS, COMPLETED, bucket)
+            # Bounded by what upstream counts there: a nextId that never ends would otherwise
+            # hold the partner's state (and its fast scan) for as long as it goes on.
+            limit = self._scanner.pages_for(upstream)
+            outcome = await self._scanner.listing(
+                COMPLETED_SESSIONS, COMPLETED, bucket, max_pages=limit
+            )
+            if outcome.pages >= limit and not outcome.complete:
+                log.warning(
+                    "upstream listed more pages than its count allows; the bucket is read "
+                    "again at the next sweep",
+                    bucket_start=bucket.start.isoformat(),
+                    upstream=upstream,
+                    pages=outcome.pages,
+                )
             summary.delivered.add(outcome.delivered)
             summary.late_completions += outcome.delivered.emitted
             remaining = upstream - state.count_emitted(self.partner_id, COMPLETED, bucket)

@@ -12,6 +12,7 @@ Kafka; a kill re-sends at most the two pages in flight, with the same ids.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -177,9 +178,17 @@ class Scanner:
         stream: EventType,
         window: Window,
         *,
+        max_pages: int | None = None,
         on_page: OnPage | None = None,
         on_read: OnRead | None = None,
     ) -> ScanOutcome:
         """A whole window, with no cursor of its own (rescans, listings)."""
         cursor = Cursor(window.start, window)
-        return await self.scan(operation, stream, cursor, on_page=on_page, on_read=on_read)
+        return await self.scan(
+            operation, stream, cursor, max_pages=max_pages, on_page=on_page, on_read=on_read
+        )
+
+    def pages_for(self, sessions: int) -> int:
+        """The most pages a listing of ``sessions`` can take: upstream's own count, a tenth
+        more for those that arrive while it is read, and the empty last page."""
+        return math.ceil(sessions * 1.1 / self.page_size) + 1

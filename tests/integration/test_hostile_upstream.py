@@ -3,7 +3,9 @@ from a hostile service over real HTTP, with the daemon against the real broker."
 
 from __future__ import annotations
 
+import signal
 import subprocess
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from tests.integration.harness import (
     PollerRun,
     Topics,
     consume,
+    kill,
     log_events,
+    wait_until,
 )
 from tests.integration.hostile import (
     HostileServer,
@@ -212,3 +216,48 @@ def test_a_fault_echoing_the_key_across_the_cut_leaks_no_part_of_it(
     assert log_events(result.stdout, "tick failed; will retry next tick"), output
     for start in range(len(run.api_key) - 5):
         assert run.api_key[start : start + 6] not in output, output[-2000:]
+
+
+def test_a_next_id_that_never_ends_holds_a_sweep_no_longer_than_the_bucket_count_allows(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Found by an adversary: a bucket's rescan followed ``nextId`` for as long as upstream
+    gave one, holding the partner's state (its fast scan waited) for as long as it went on. A
+    bucket upstream counts 3 sessions in takes a page or two, and a margin, not for ever."""
+
+    def is_bucket(params: dict[str, Any]) -> bool:
+        start = datetime.fromisoformat(params["startRange"])
+        return start.minute == 0 and start.second == 0
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        if operation.startswith("PartnerSessionCounts"):
+            return json_answer({"d": [{"type": "C", "status": "C", "count": 3}]})
+        if is_bucket(params):
+            return json_answer(listing([], next_id=int(params.get("nextId") or 0) + 1))
+        return json_answer(listing([]))
+
+    with HostileServer(answer).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        run.settings["completed"]["interval"] = "500ms"
+        run.settings["completed"]["start_lookback"] = "90m"
+        run.settings["reconcile"] = {"interval": "1s"}
+        process = run.start()
+        try:
+            wait_until(
+                lambda: len(log_events(run.log_text(), "tick", stream="reconcile")) >= 2,
+                60,
+                "two sweeps",
+            )
+        finally:
+            assert kill(process, signal.SIGTERM) == 0
+        rescans = [params for _, params in upstream.requests if "startRange" in params]
+    log = run.log_text()
+    warnings = log_events(
+        log,
+        "upstream listed more pages than its count allows; "
+        "the bucket is read again at the next sweep",
+    )
+    assert warnings and warnings[0]["pages"] <= 3, log[-3000:]
+    per_bucket = Counter(p["startRange"] for p in rescans if is_bucket(p) and p.get("nextId"))
+    sweeps = len(log_events(log, "tick", stream="reconcile")) + 1
+    assert max(per_bucket.values()) <= 3 * sweeps, per_bucket
