@@ -184,6 +184,9 @@ class StartedStreamSettings(_Section):
     # Unconfirmed upstream name: if the service does not know it, the stream turns itself
     # off with one warning and the others keep running.
     operation: str = "PartnerActiveSessions"
+    # A listing of open sessions reads at most this many pages (a nextId that never ends
+    # would hold the partner's state); one cut short is not trusted to narrow the scan.
+    max_pages_per_tick: int = Field(default=100, ge=1)
 
 
 class CountsStreamSettings(_Section):

@@ -178,10 +178,15 @@ class CompletedStream:
         sessions = self._open_sessions
         if sessions is None or not sessions.departed():
             return
+        # Within the tick's page budget: a nextId that never ends must not hold the state.
+        budget = self._settings.max_pages_per_tick
         for window in sessions.departed_windows(covered_from):
-            if self._scanner.stopping.is_set():
+            if self._scanner.stopping.is_set() or budget <= 0:
                 return
-            outcome = await self._scanner.listing(COMPLETED_SESSIONS, COMPLETED, window)
+            outcome = await self._scanner.listing(
+                COMPLETED_SESSIONS, COMPLETED, window, max_pages=budget
+            )
+            budget -= outcome.pages
             summary.departed_fetched += 1
             summary.delivered.add(outcome.delivered)
         state = self._feed.state

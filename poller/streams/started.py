@@ -13,12 +13,15 @@ from datetime import datetime, timedelta
 
 from poller.errors import UnknownOperation
 from poller.glance.records import SessionPage
+from poller.logs import get_logger
 from poller.settings import GlanceSettings, ReconcileSettings, StartedStreamSettings
 from poller.streams.feed import Delivered, memory_key
 from poller.streams.names import STARTED
 from poller.streams.open_sessions import OpenSessions
 from poller.streams.scan import Scanner
 from poller.window import Window
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -84,9 +87,16 @@ class StartedStream:
                 if start is not None:
                     open_now[memory_key(record)] = start
 
+        limit = self._settings.max_pages_per_tick
         outcome = await self._scanner.listing(
-            self._settings.operation, STARTED, window, on_read=seen
+            self._settings.operation, STARTED, window, max_pages=limit, on_read=seen
         )
+        if outcome.pages >= limit and not outcome.complete:
+            log.warning(
+                "the open sessions' listing reached started.max_pages_per_tick; it is read "
+                "again at the next tick",
+                pages=outcome.pages,
+            )
         if self._open_sessions is not None:
             if outcome.complete and outcome.served_at is not None:
                 self._open_sessions.record(now, outcome.served_at.replace(microsecond=0), open_now)

@@ -261,3 +261,42 @@ def test_a_next_id_that_never_ends_holds_a_sweep_no_longer_than_the_bucket_count
     per_bucket = Counter(p["startRange"] for p in rescans if is_bucket(p) and p.get("nextId"))
     sweeps = len(log_events(log, "tick", stream="reconcile")) + 1
     assert max(per_bucket.values()) <= 3 * sweeps, per_bucket
+
+
+def test_a_next_id_that_never_ends_in_the_open_sessions_holds_a_tick_no_longer_than_its_budget(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The open sessions' listing, too, followed ``nextId`` for as long as upstream gave one,
+    and the partner's fast scan waited behind it."""
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        if operation == "PartnerActiveSessions" and int(params.get("nResults") or 0) > 1:
+            return json_answer(listing([], next_id=int(params.get("nextId") or 0) + 1))
+        return json_answer(
+            {"d": []} if operation.startswith("PartnerSessionCounts") else listing([])
+        )
+
+    with HostileServer(answer).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        run.settings["completed"]["interval"] = "500ms"
+        run.settings["started"] = {"interval": "500ms", "max_pages_per_tick": 20}
+        # Every tick's line: the fast scan's read nothing, and are logged at debug.
+        run.settings["log"] = {"level": "debug", "format": "json"}
+        process = run.start()
+        try:
+            wait_until(
+                lambda: len(log_events(run.log_text(), "tick", stream="started")) >= 2,
+                60,
+                "two started ticks",
+            )
+        finally:
+            assert kill(process, signal.SIGTERM) == 0
+    log = run.log_text()
+    cut = log_events(
+        log,
+        "the open sessions' listing reached started.max_pages_per_tick; "
+        "it is read again at the next tick",
+    )
+    assert cut and cut[0]["pages"] == 20, log[-3000:]
+    after = log.split(cut[0]["timestamp"], 1)[-1]
+    assert log_events(after, "tick", stream="completed"), "the fast scan went on"
