@@ -37,6 +37,7 @@ from poller.errors import (
     PollerError,
     PublishFailed,
     RetriableUpstreamError,
+    StateError,
     UnknownOperation,
     UpstreamMisconfigured,
 )
@@ -395,8 +396,9 @@ class Service:
             except (AuthenticationFailed, UpstreamMisconfigured) as exc:
                 self._reject(run, exc)
                 return False
-            except KafkaAuthFailed as exc:
-                # Every partner's events go through the one producer: the process stops.
+            except (KafkaAuthFailed, StateError) as exc:
+                # Every partner's events go through the one producer, and every partner's
+                # progress into the one state file: the process stops.
                 self._fatal = exc
                 self.request_stop()
                 return False

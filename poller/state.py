@@ -189,6 +189,13 @@ def _validate(db: sqlite3.Connection, shown: str) -> None:
         raise StateError(shown, f"is damaged or not a state file ({exc})") from None
 
 
+# What follows a state file removed or replaced under the daemon: it stops (exit 4).
+_GONE = (
+    "nothing more is written to it; restore the file, or start the daemon again, which "
+    "begins from what state.path holds then"
+)
+
+
 class StateStore:
     def __init__(self, path: Path, connection: sqlite3.Connection, lock_fd: int | None) -> None:
         self.path = path
@@ -358,6 +365,7 @@ class StateStore:
 
     @contextlib.contextmanager
     def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+        self._check_still_at_its_path()
         self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -366,6 +374,20 @@ class StateStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _check_still_at_its_path(self) -> None:
+        """The lock is on the file, not on its name: once the file is removed or replaced,
+        writes would go on into a file no one will read, and a second daemon would find the
+        path free. Every write asks first (two stat calls)."""
+        if self._lock_fd is None:
+            return
+        held = os.fstat(self._lock_fd)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            raise StateError(str(self.path), "was removed while the daemon ran", _GONE) from None
+        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            raise StateError(str(self.path), "was replaced while the daemon ran", _GONE)
 
     def partners(self, stream: str) -> list[int]:
         rows = self._db.execute(

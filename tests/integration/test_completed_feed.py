@@ -296,6 +296,26 @@ def test_a_key_rejected_while_the_streams_are_failing_ends_them_without_a_recove
     assert log_events(after, "tick") == [], after
 
 
+def test_a_state_file_removed_under_the_daemon_stops_it_with_exit_4(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """Its commits went on into the unlinked file, ready and silent, and a second daemon then
+    ran on the same path (found by an adversary helper)."""
+    poller.settings["completed"] = {"interval": "300ms"}
+    process = poller.start()
+    try:
+        wait_until(lambda: poller.state_path.exists(), 60, "the state file")
+        wait_until(lambda: '"event":"tick"' in poller.log_text(), 60, "a first tick")
+        for leftover in poller.state_path.parent.glob(poller.state_path.name + "*"):
+            leftover.unlink()
+        assert process.wait(60) == 4
+    finally:
+        kill(process, signal.SIGTERM)
+    output = poller.log_text()
+    assert f"state file {poller.state_path} was removed while the daemon ran" in output, output
+    assert "Traceback" not in output
+
+
 def test_a_second_daemon_on_the_same_state_exits_4(emulator: Emulator, poller: PollerRun) -> None:
     poller.settings["completed"] = {"interval": "1h"}
     first = poller.start()

@@ -805,3 +805,26 @@ def test_a_commit_is_timed_in_its_histogram(
         assert metrics.REGISTRY.get_sample_value(f"{name}_count") == count + 1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_file_removed_or_replaced_under_the_daemon_refuses_the_next_commit(
+    tmp_path: Path, how: str
+) -> None:
+    """Found by an adversary: with the file deleted, commits went on into the unlinked file
+    (ready, no word said), and a second daemon on the same path was not refused: its lock is
+    on the file, and the path no longer named it."""
+    path = tmp_path / "state.sqlite3"
+    store = StateStore.open(path)
+    try:
+        commit_old_style(store, 7, "completed", Cursor(NOW), [(1, NOW)])
+        for leftover in tmp_path.glob("state.sqlite3*"):
+            leftover.unlink()
+        if how == "replaced":
+            StateStore.open(path).close()
+        with pytest.raises(StateError, match=f"was {how}|was removed or replaced") as raised:
+            commit_old_style(store, 7, "completed", Cursor(NOW + timedelta(seconds=5)), [(2, NOW)])
+        assert str(path) in str(raised.value)
+        assert raised.value.exit_code == 4
+    finally:
+        store.close()
