@@ -189,6 +189,7 @@ class Scanner:
         )
 
     def pages_for(self, sessions: int) -> int:
-        """The most pages a listing of ``sessions`` can take: upstream's own count, a tenth
-        more for those that arrive while it is read, and the empty last page."""
-        return math.ceil(sessions * 1.1 / self.page_size) + 1
+        """The most pages a listing of ``sessions`` may take: the full pages of upstream's
+        own count and a tenth more (sessions that arrive while it is read), twice over
+        (pages upstream sends short), and the empty last page."""
+        return 2 * math.ceil(sessions * 1.1 / self.page_size) + 1
