@@ -218,6 +218,19 @@ def test_a_fault_echoing_the_key_across_the_cut_leaks_no_part_of_it(
         assert run.api_key[start : start + 6] not in output, output[-2000:]
 
 
+def run_for_two_ticks(run: PollerRun, stream: str) -> None:
+    """The daemon until ``stream`` has logged two ticks, then a clean stop."""
+    process = run.start()
+    try:
+        wait_until(
+            lambda: len(log_events(run.log_text(), "tick", stream=stream)) >= 2,
+            60,
+            f"two {stream} ticks",
+        )
+    finally:
+        assert kill(process, signal.SIGTERM) == 0
+
+
 def test_a_next_id_that_never_ends_holds_a_sweep_no_longer_than_the_bucket_count_allows(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
@@ -241,15 +254,7 @@ def test_a_next_id_that_never_ends_holds_a_sweep_no_longer_than_the_bucket_count
         run.settings["completed"]["interval"] = "500ms"
         run.settings["completed"]["start_lookback"] = "90m"
         run.settings["reconcile"] = {"interval": "1s"}
-        process = run.start()
-        try:
-            wait_until(
-                lambda: len(log_events(run.log_text(), "tick", stream="reconcile")) >= 2,
-                60,
-                "two sweeps",
-            )
-        finally:
-            assert kill(process, signal.SIGTERM) == 0
+        run_for_two_ticks(run, "reconcile")
         rescans = [params for _, params in upstream.requests if "startRange" in params]
     log = run.log_text()
     warnings = log_events(
@@ -282,15 +287,7 @@ def test_a_next_id_that_never_ends_in_the_open_sessions_holds_a_tick_no_longer_t
         run.settings["started"] = {"interval": "500ms", "max_pages_per_tick": 20}
         # Every tick's line: the fast scan's read nothing, and are logged at debug.
         run.settings["log"] = {"level": "debug", "format": "json"}
-        process = run.start()
-        try:
-            wait_until(
-                lambda: len(log_events(run.log_text(), "tick", stream="started")) >= 2,
-                60,
-                "two started ticks",
-            )
-        finally:
-            assert kill(process, signal.SIGTERM) == 0
+        run_for_two_ticks(run, "started")
     log = run.log_text()
     cut = log_events(
         log,

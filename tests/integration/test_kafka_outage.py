@@ -3,6 +3,7 @@ truth, and everything resumes by itself when the broker is back."""
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 
 from tests.integration.harness import (
     PARTNER_ID,
+    Consumed,
     Emulator,
     LocalBroker,
     PollerRun,
@@ -46,6 +48,27 @@ def outage_poller(tmp_path: Path, emulator: Emulator, broker: LocalBroker) -> Po
     poller.settings["retry"] = {"initial_delay": "100ms", "max_delay": "1s"}
     poller.settings["counts"] = {"enabled": False}
     return poller
+
+
+def restart_at_random_moments(broker: LocalBroker, rng: random.Random, times: int) -> None:
+    """Stop (half the time by SIGKILL) and start the broker ``times`` times, each after and
+    for 0.5-3 s."""
+    for _ in range(times):
+        time.sleep(rng.uniform(0.5, 3.0))
+        if rng.random() < 0.5:
+            broker.kill()
+        else:
+            broker.stop()
+        time.sleep(rng.uniform(0.5, 3.0))
+        broker.start()
+
+
+def assert_one_ce_id_each(records: list[Consumed]) -> None:
+    """At least once, but a session re-sent always carries the same ``ce_id``."""
+    ce_ids: dict[str | None, set[str]] = {}
+    for record in records:
+        ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
+    assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
 
 
 def ready(port: int) -> tuple[bool, list[str]]:
@@ -211,8 +234,6 @@ def test_ten_broker_restarts_at_random_moments_of_a_backlog_lose_nothing(
     idempotence state was rejected (OutOfOrderSequenceNumber) and retried forever. A producer
     the broker no longer accepts is replaced; what it had not delivered goes again with the same
     ``ce_id``."""
-    import random
-
     emulator.admin(
         "POST",
         "/admin/traffic",
@@ -232,17 +253,9 @@ def test_ten_broker_restarts_at_random_moments_of_a_backlog_lose_nothing(
     poller = outage_poller(tmp_path, emulator, own_broker)
     poller.settings["started"] = {"enabled": False}
     poller.settings["reconcile"] = {"enabled": False}
-    rng = random.Random(20261201)
     daemon = poller.start()
     try:
-        for _ in range(10):
-            time.sleep(rng.uniform(0.5, 3.0))
-            if rng.random() < 0.5:
-                own_broker.kill()
-            else:
-                own_broker.stop()
-            time.sleep(rng.uniform(0.5, 3.0))
-            own_broker.start()
+        restart_at_random_moments(own_broker, random.Random(20261201), 10)
         emulator.admin("DELETE", "/admin/faults")
         wait_until(
             lambda: (
@@ -258,10 +271,7 @@ def test_ten_broker_restarts_at_random_moments_of_a_backlog_lose_nothing(
         assert kill(daemon, signal.SIGTERM) == 0
     records = consume(poller.bootstrap, poller.topics.completed, expect=len(upstream))
     assert {r.key for r in records} == upstream
-    ce_ids: dict[str | None, set[str]] = {}
-    for record in records:
-        ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
-    assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
+    assert_one_ce_id_each(records)
 
 
 def test_broker_restarts_while_the_topic_refuses_some_events_lose_nothing_and_wedge_nothing(
@@ -270,8 +280,6 @@ def test_broker_restarts_while_the_topic_refuses_some_events_lose_nothing_and_we
     """Each refusal replaces the producer, and so does each restart: both at once, with pages
     in flight, must still give every session that fits (under one ``ce_id``) and a dead letter
     for every one the topic refuses, and nothing else."""
-    import random
-
     emulator.admin(
         "POST",
         "/admin/traffic",
@@ -311,17 +319,9 @@ def test_broker_restarts_while_the_topic_refuses_some_events_lose_nothing_and_we
         found = consume(poller.bootstrap, poller.topics.dlq, idle=0.5)
         return {r.headers["dlq_session_id"] for r in found}
 
-    rng = random.Random(20261202)
     daemon = poller.start()
     try:
-        for _ in range(3):
-            time.sleep(rng.uniform(0.5, 3.0))
-            if rng.random() < 0.5:
-                own_broker.kill()
-            else:
-                own_broker.stop()
-            time.sleep(rng.uniform(0.5, 3.0))
-            own_broker.start()
+        restart_at_random_moments(own_broker, random.Random(20261202), 3)
         emulator.admin("DELETE", "/admin/faults")
 
         wait_until(
@@ -339,8 +339,5 @@ def test_broker_restarts_while_the_topic_refuses_some_events_lose_nothing_and_we
         assert kill(daemon, signal.SIGTERM) == 0
     records = consume(poller.bootstrap, poller.topics.completed, expect=len(fits))
     assert {r.key for r in records} == fits
-    ce_ids: dict[str | None, set[str]] = {}
-    for record in records:
-        ce_ids.setdefault(record.key, set()).add(record.headers["ce_id"])
-    assert all(len(ids) == 1 for ids in ce_ids.values()), "a session re-sent under another id"
+    assert_one_ce_id_each(records)
     assert letters() == refused
