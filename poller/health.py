@@ -37,6 +37,7 @@ class Health:
         self._broker_max_silence = broker_max_silence
         self._broker_ok_at: float | None = None
         self._broker_failing = False
+        self._missing_topics: set[str] = set()
         self.running = False
 
     def watch(self, partner: int, stream: str, interval: float) -> None:
@@ -69,6 +70,16 @@ class Health:
         self._broker_failing = True
         metrics.BROKER_UP.set(0)
 
+    def topics_missing(self, topics: list[str]) -> list[str]:
+        """Note topics the broker says do not exist; returns those not noted before."""
+        new = [topic for topic in topics if topic not in self._missing_topics]
+        self._missing_topics.update(topics)
+        self._broker_ok_at = time.monotonic()  # it answered: it is the topic that is missing
+        return new
+
+    def topics_found(self, topics: set[str]) -> None:
+        self._missing_topics -= topics
+
     def broker_quiet_for(self) -> float | None:
         """Seconds since Kafka last answered (None: never)."""
         return None if self._broker_ok_at is None else time.monotonic() - self._broker_ok_at
@@ -86,6 +97,10 @@ class Health:
                 found.append(f"{name}: no successful tick yet")
             elif now - health.last_success > self._stale_after * health.interval + self._grace:
                 found.append(f"{name}: no successful tick for {now - health.last_success:.0f}s")
+        found += [
+            f"kafka: topic {topic} does not exist and the broker does not create it"
+            for topic in sorted(self._missing_topics)
+        ]
         if self._broker_failing:
             found.append("kafka: unreachable")
         elif self._broker_ok_at is None:

@@ -45,6 +45,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
     UnknownProducerId,
+    UnknownTopicOrPartitionError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -410,12 +411,14 @@ class KafkaPublisher:
 
     async def settle(self, batches: list[_Batch], refused: list[Refusal]) -> None:
         """Retry until every batch is acknowledged or refused (refusals join ``refused``)."""
+        topics = {event.topic for batch in batches for event in batch.events}
         async for attempt in retrying(
             self._retry, (PublishFailed,), self._note_retry, until=self._until
         ):
             with attempt:
                 await self._attempt(batches, refused)
         self._health.broker_answered()
+        self._health.topics_found(topics)
         if self._failing_since is not None:
             log.info("kafka acknowledges again")
             self._failing_since = None
@@ -507,6 +510,9 @@ class KafkaPublisher:
         replaced already) where only that can help."""
         if isinstance(error, FORBIDDEN):
             raise KafkaAuthFailed(f"{type(error).__name__}: {error}")
+        missing_topic = isinstance(error, UnknownTopicOrPartitionError)
+        if missing_topic:
+            self._topics_missing(pending)
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -518,7 +524,8 @@ class KafkaPublisher:
         elif now - self._failing_since > self._replace_after:
             self._failing_since = now
             await self._replace_producer("silent")
-        self._health.broker_failed()
+        if not missing_topic:
+            self._health.broker_failed()
         if isinstance(error, PublishFailed):
             raise error
         reason = "timeout" if error is None else type(error).__name__
@@ -526,6 +533,18 @@ class KafkaPublisher:
         count = sum(len(batch.events) for batch in pending)
         detail = "no acknowledgement in time" if error is None else f"{reason}: {error}"
         raise PublishFailed(reason, f"{count} event(s) not acknowledged: {detail}")
+
+    def _topics_missing(self, pending: list[_Batch]) -> None:
+        """The broker answers, and has no such topic (nor creates it): said once per topic,
+        by name, and readiness names it instead of calling Kafka unreachable. The events are
+        retried as for any failure (a restarting broker says so of a topic for a moment)."""
+        topics = sorted({event.topic for batch in pending for event in batch.events})
+        for topic in self._health.topics_missing(topics):
+            log.error(
+                "the topic does not exist and the broker does not create it; events wait for "
+                "it (create it, or run `glance-poller check --create-topics`)",
+                topic=topic,
+            )
 
     def _note_retry(self, error: BaseException, delay: float, attempt: int) -> None:
         """Says "failing" once and "recovered" once, never per retry."""

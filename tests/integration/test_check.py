@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -11,13 +12,26 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 # On sys.path by tests/integration/harness.py.
 from local_broker import LocalBroker, free_port
 
-from tests.integration.harness import PARTNER_ID, Emulator, PollerRun, Topics, running
+from tests.integration.harness import (
+    PARTNER_ID,
+    Emulator,
+    PollerRun,
+    Topics,
+    consume,
+    http_get,
+    kill,
+    log_events,
+    operator_port,
+    running,
+    wait_until,
+)
 
 WRONG_KEY = "wrong-key-123456"
 SASL_USER, SASL_PASSWORD = "poller", "check-sasl-pass-7"
@@ -288,6 +302,57 @@ def test_missing_topic_fails_when_the_broker_does_not_auto_create(
 
     assert created.returncode == 0, created.stdout
     assert {r for r, _ in topic_rows(rows, poller.topics).values()} == {"created"}
+
+
+def test_a_daemon_whose_topic_is_missing_names_it_and_goes_on_once_it_is_created(
+    emulator: Emulator, tmp_path: Path, strict_broker: LocalBroker
+) -> None:
+    """Found by an adversary: the feed retried for ever, /readyz said "kafka: unreachable"
+    of a broker that answered, and one warning was the only clue."""
+    poller = PollerRun(tmp_path, emulator.url, strict_broker.bootstrap, Topics.unique())
+    poller.settings["completed"] = {"interval": "500ms"}
+    poller.settings["retry"] = {"initial_delay": "100ms", "max_delay": "500ms"}
+    poller.settings["kafka"] = {"request_timeout_ms": 3000}
+    emulator.admin(
+        "POST",
+        "/admin/sessions",
+        {
+            "partnerId": PARTNER_ID,
+            "sessions": [{"startTime": "2026-03-10T11:40:00Z", "endTime": "2026-03-10T11:45:00Z"}],
+        },
+    )
+    ours = (poller.topics.started, poller.topics.completed, poller.topics.counts)
+    process = poller.start()
+    try:
+        wait_until(lambda: operator_port(poller.log_text()) is not None, 60, "the operator port")
+        port = operator_port(poller.log_text())
+        assert port is not None
+
+        def problems() -> list[str]:
+            problems: list[str] = orjson.loads(http_get(port, "/readyz")[1])["problems"]
+            return problems
+
+        def named() -> bool:
+            found = problems()
+            return any(
+                p.startswith(f"kafka: topic {t} does not exist") for p in found for t in ours
+            )
+
+        wait_until(named, 60, "a missing topic named")
+        assert "kafka: unreachable" not in problems()
+        errors = log_events(
+            poller.log_text(),
+            "the topic does not exist and the broker does not create it; events wait for it "
+            "(create it, or run `glance-poller check --create-topics`)",
+        )
+        assert errors and {e["topic"] for e in errors} <= set(ours)
+        assert len(errors) == len({e["topic"] for e in errors}), "once per topic"
+        created, _ = run_check(poller, "--create-topics")
+        assert created.returncode == 0, created.stdout
+        assert len(consume(strict_broker.bootstrap, poller.topics.completed, expect=1)) == 1
+        wait_until(lambda: not any(p.startswith("kafka") for p in problems()), 60, "kafka fine")
+    finally:
+        assert kill(process, signal.SIGTERM) == 0
 
 
 def test_invalid_config_is_reported_by_key_and_nothing_connects(
