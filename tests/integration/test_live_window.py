@@ -53,6 +53,8 @@ def test_narrow_windows_lose_nothing(tmp_path: Path, kafka_bootstrap: str) -> No
         }
         poller.settings["started"] = {"interval": "200ms"}
         poller.settings["reconcile"] = {"enabled": False}
+        # Progress is read from every tick's line: those that read nothing are at debug.
+        poller.settings["log"] = {"level": "debug", "format": "json"}
         daemon = poller.start()
         try:
             # Enough scans, and enough sessions to check: how many end per scan depends on
