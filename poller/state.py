@@ -196,11 +196,17 @@ _GONE = (
 )
 
 
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
 class StateStore:
     def __init__(self, path: Path, connection: sqlite3.Connection, lock_fd: int | None) -> None:
         self.path = path
         self._db = connection
         self._lock_fd = lock_fd
+        # The locked file's identity, to compare with what the path names at each write.
+        self._locked = None if lock_fd is None else _identity(os.fstat(lock_fd))
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
@@ -378,15 +384,14 @@ class StateStore:
     def _check_still_at_its_path(self) -> None:
         """The lock is on the file, not on its name: once the file is removed or replaced,
         writes would go on into a file no one will read, and a second daemon would find the
-        path free. Every write asks first (two stat calls)."""
-        if self._lock_fd is None:
+        path free. Every write asks first (one stat call)."""
+        if self._locked is None:
             return
-        held = os.fstat(self._lock_fd)
         try:
             named = os.stat(self.path)
         except FileNotFoundError:
             raise StateError(str(self.path), "was removed while the daemon ran", _GONE) from None
-        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        if _identity(named) != self._locked:
             raise StateError(str(self.path), "was replaced while the daemon ran", _GONE)
 
     def partners(self, stream: str) -> list[int]:
