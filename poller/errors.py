@@ -59,6 +59,19 @@ class StateError(PollerError):
         super().__init__(f"state file {path} {problem}: {way_out}")
 
 
+class StateUnwritable(PollerError):
+    """The state file cannot take a write now (its volume is full, an I/O error): weather, not
+    damage. The tick fails and is retried; the events of its page are sent again, with the same
+    ids, once a commit gets through."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"state file {path} cannot be written ({reason}): the feed waits until it can; "
+            "free space on its volume"
+        )
+
+
 class CursorInFuture(PollerError):
     """A stored cursor lies beyond the host clock (plus the tolerance): scanning from there
     would skip every session until then. Every tick fails, loudly, until it is moved back."""

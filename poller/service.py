@@ -38,6 +38,7 @@ from poller.errors import (
     PublishFailed,
     RetriableUpstreamError,
     StateError,
+    StateUnwritable,
     UnknownOperation,
     UpstreamMisconfigured,
 )
@@ -60,7 +61,7 @@ from poller.streams.started import StartedStream
 from poller.wiring import wire_partner
 
 log = get_logger(__name__)
-TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture)
+TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture, StateUnwritable)
 
 
 @dataclass

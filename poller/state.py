@@ -31,7 +31,7 @@ import orjson
 
 from poller import metrics
 from poller.cursor import Cursor, CursorError
-from poller.errors import StateError
+from poller.errors import StateError, StateUnwritable
 from poller.window import Window
 
 SCHEMA_VERSION = 1
@@ -190,6 +190,10 @@ def _validate(db: sqlite3.Connection, shown: str) -> None:
 
 
 # What follows a state file removed or replaced under the daemon: it stops (exit 4).
+# What a write can meet that says nothing of the file itself: its volume is full, or the
+# device failed one write (a file-size limit too). The next write may well succeed.
+_WEATHER = ("SQLITE_FULL", "SQLITE_IOERR")
+
 _GONE = (
     "nothing more is written to it; restore the file, or start the daemon again, which "
     "begins from what state.path holds then"
@@ -372,14 +376,21 @@ class StateStore:
     @contextlib.contextmanager
     def _transaction(self, *, durable: bool = True) -> Iterator[None]:
         self._check_still_at_its_path()
-        self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (a full disk does): nothing to undo then.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(_WEATHER):
+                raise StateUnwritable(str(self.path), str(exc)) from None
             raise
-        self._db.execute("COMMIT")
 
     def _check_still_at_its_path(self) -> None:
         """The lock is on the file, not on its name: once the file is removed or replaced,

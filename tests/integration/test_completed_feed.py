@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import copy
+import resource
 import signal
+import subprocess
+import threading
 from collections import Counter
 from typing import Any
 
 from tests.integration.harness import (
     PARTNER_ID,
+    PYTHON,
     Emulator,
     PollerRun,
     consume,
+    http_get,
     kill,
     log_events,
+    metric,
+    operator_port,
     wait_until,
 )
+from tests.integration.test_kafka_outage import assert_one_ce_id_each
 
 CE_HEADERS = {
     "ce_specversion",
@@ -334,3 +342,95 @@ def test_a_second_daemon_on_the_same_state_exits_4(emulator: Emulator, poller: P
         code = kill(first, signal.SIGTERM)
     assert code == 0
     assert '"event":"glance-poller stopped"' in poller.log_text()
+
+
+def start_logging_through_a_pipe(poller: PollerRun) -> subprocess.Popen[bytes]:
+    """The daemon with its log on a pipe, copied to ``poller.log`` by this process: a file-size
+    limit set on the daemon then falls on its own files (the state) and not on its log."""
+    process = subprocess.Popen(
+        [PYTHON, "-m", "poller", "run", "--config", str(poller.config_file())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=poller.environment(),
+    )
+
+    def copy_log() -> None:
+        assert process.stdout is not None
+        with (poller.workdir / "poller.log").open("ab", buffering=0) as log:
+            for line in process.stdout:
+                log.write(line)
+
+    threading.Thread(target=copy_log, daemon=True).start()
+    return process
+
+
+def test_a_state_file_that_cannot_be_written_is_said_once_and_loses_nothing(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """A full disk (here: a file-size limit set on the running daemon, so that every write of
+    the state fails) is weather, not a bug: one warning per stream naming the state file,
+    no traceback at every tick, /readyz false; once the disk has room the feed goes on and every
+    session arrives (it used to log a traceback each tick: found by an adversary helper)."""
+
+    def add_sessions(since: str, until: str, seed: int) -> None:
+        emulator.admin(
+            "POST",
+            "/admin/traffic",
+            {
+                "partnerId": PARTNER_ID,
+                "count": 60,
+                "from": since,
+                "until": until,
+                "maxDuration": 120,
+                "seed": seed,
+            },
+        )
+
+    add_sessions("2026-03-10T11:00:00Z", "2026-03-10T11:50:00Z", 41)
+    poller.settings["completed"] = {"interval": "300ms"}
+    poller.settings["started"] = {"interval": "300ms"}
+    process = start_logging_through_a_pipe(poller)
+    try:
+        wait_until(lambda: operator_port(poller.log_text()) is not None, 30, "the operator port")
+        port = operator_port(poller.log_text())
+        assert port is not None
+        wait_until(
+            lambda: len(consume(poller.bootstrap, poller.topics.completed, idle=0.3)) >= 60,
+            60,
+            "the first sessions",
+        )
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
+        emulator.advance(600)
+        add_sessions("2026-03-10T12:00:00Z", "2026-03-10T12:07:00Z", 42)
+        wait_until(lambda: http_get(port, "/readyz")[0] == 503, 60, "not ready")
+        wait_until(
+            lambda: (
+                metric(
+                    http_get(port, "/metrics")[1].decode(),
+                    "glance_poller_ticks_total",
+                    stream="completed",
+                    result="failed",
+                )
+                >= 5
+            ),
+            60,
+            "five failed ticks",
+        )
+        resource.prlimit(
+            process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        wait_until(lambda: http_get(port, "/readyz")[0] == 200, 60, "ready again")
+        upstream = {str(s["id"]) for s in emulator.sessions("ended")}
+        records = consume(poller.bootstrap, poller.topics.completed, expect=len(upstream))
+        assert {r.key for r in records} == upstream
+        assert_one_ce_id_each(records)
+        assert kill(process, signal.SIGTERM) == 0
+    finally:
+        kill(process)
+    output = poller.log_text()
+    assert "Traceback" not in output and "tick crashed" not in output, output
+    failures = log_events(output, "tick failed; will retry next tick")
+    assert {f["stream"] for f in failures} <= {"completed", "started", "reconcile"}, failures
+    assert len(failures) == len({f["stream"] for f in failures}), "said more than once"
+    assert all(f"state file {poller.state_path}" in f["error"] for f in failures), failures
+    assert log_events(output, "recovered", stream="completed"), output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import stat
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from poller import metrics
 from poller.cursor import Cursor
-from poller.errors import StateError
+from poller.errors import StateError, StateUnwritable
 from poller.state import Forget, StateStore, move_aside, parse_cli_date
 from poller.window import Window
 
@@ -226,6 +227,38 @@ def test_a_commit_that_fails_halfway_leaves_nothing_behind(tmp_path: Path) -> No
         assert store.cursor(1, "completed") == Cursor(NOW)
     finally:
         store.close()
+
+
+def test_a_write_the_disk_refuses_is_weather_and_the_next_one_goes_through(
+    tmp_path: Path,
+) -> None:
+    """A full disk (here a file-size limit: every write past the first byte fails) leaves the
+    file as it was and says which file; once there is room the same commit goes through."""
+    path = tmp_path / "s.db"
+    store = StateStore.open(path)
+    later = NOW + timedelta(minutes=1)
+    try:
+        commit_old_style(store, 1, "completed", Cursor(NOW), [(1, NOW)])
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, limits[1]))
+        try:
+            with pytest.raises(StateUnwritable) as caught:
+                commit_old_style(store, 1, "completed", Cursor(later), [(2, later)])
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        assert str(caught.value).startswith(f"state file {path} cannot be written (")
+        assert store.already_emitted(1, "completed", [1, 2]) == {1}
+        assert store.cursor(1, "completed") == Cursor(NOW)
+        commit_old_style(store, 1, "completed", Cursor(later), [(2, later)])
+        assert store.already_emitted(1, "completed", [1, 2]) == {1, 2}
+        assert store.cursor(1, "completed") == Cursor(later)
+    finally:
+        store.close()
+    reopened = StateStore.open(path)
+    try:
+        assert reopened.cursor(1, "completed") == Cursor(later)
+    finally:
+        reopened.close()
 
 
 def test_a_file_whose_pages_are_damaged_is_refused(tmp_path: Path) -> None:
