@@ -51,6 +51,12 @@ _TABLES = {
     ),
     "emitted": ("partner_id", "stream", "session_id", "start_time"),
 }
+# Columns the daemon reads as integers: SQLite would keep any text put there (an id that is
+# never matched again would re-send its session).
+_INTEGERS = {
+    "cursors": ("partner_id",),
+    "emitted": ("partner_id", "session_id", "start_time"),
+}
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE cursors (
@@ -165,7 +171,7 @@ def _validate(db: sqlite3.Connection, shown: str) -> None:
             if found != columns:
                 raise StateError(shown, f"is damaged (table {table!r} is missing or altered)")
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None or not str(row[0]).isdigit():
+        if row is None or not str(row[0]).isdigit() or int(row[0]) < 1:
             raise StateError(shown, f"is damaged (schema version {row and row[0]!r})")
         version = int(row[0])
         if version > SCHEMA_VERSION:
@@ -175,6 +181,16 @@ def _validate(db: sqlite3.Connection, shown: str) -> None:
                 f"version reads up to {SCHEMA_VERSION})",
                 "run the newer glance-poller, or restore a backup of the state file",
             )
+        for table, columns in _INTEGERS.items():
+            for column in columns:
+                odd = db.execute(
+                    f"SELECT {column} FROM {table} "  # noqa: S608 (names of our own schema)
+                    f"WHERE typeof({column}) != 'integer' LIMIT 1"
+                ).fetchone()
+                if odd is not None:
+                    raise StateError(
+                        shown, f"is damaged ({table}.{column} holds {odd[0]!r}, not an integer)"
+                    )
         for row in db.execute(
             "SELECT partner_id, stream, scanned_until, scan_start, scan_end, scan_token "
             "FROM cursors"
@@ -189,11 +205,11 @@ def _validate(db: sqlite3.Connection, shown: str) -> None:
         raise StateError(shown, f"is damaged or not a state file ({exc})") from None
 
 
-# What follows a state file removed or replaced under the daemon: it stops (exit 4).
 # What a write can meet that says nothing of the file itself: its volume is full, or the
 # device failed one write (a file-size limit too). The next write may well succeed.
 _WEATHER = ("SQLITE_FULL", "SQLITE_IOERR")
 
+# What follows a state file removed or replaced under the daemon: it stops (exit 4).
 _GONE = (
     "nothing more is written to it; restore the file, or start the daemon again, which "
     "begins from what state.path holds then"

@@ -23,7 +23,11 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def made(path: Path) -> Path:
     store = StateStore.open(path)
-    store.commit(1, cursors={"completed": Cursor(NOW, Window(NOW, NOW + timedelta(hours=1)), 9)})
+    store.commit(
+        1,
+        cursors={"completed": Cursor(NOW, Window(NOW, NOW + timedelta(hours=1)), 9)},
+        emitted={"completed": [(5, NOW)]},
+    )
     store.close()
     os.chmod(path, 0o640)
     return path
@@ -42,6 +46,10 @@ def sql(statement: str) -> Callable[[Path], None]:
 DAMAGES = {
     "zero bytes": lambda path: path.write_bytes(b""),
     "version not a number": sql("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'"),
+    "version zero": sql("UPDATE meta SET value = '0' WHERE key = 'schema_version'"),
+    "an emitted id not a number": sql("UPDATE emitted SET session_id = 'abc'"),
+    "an emitted start not a number": sql("UPDATE emitted SET start_time = 'yesterday'"),
+    "a cursor's partner not a number": sql("UPDATE cursors SET partner_id = 'one'"),
     "version row missing": sql("DELETE FROM meta WHERE key = 'schema_version'"),
     "cursors table dropped": sql("DROP TABLE cursors"),
     "scanned_until unparsable": sql("UPDATE cursors SET scanned_until = 'soon'"),
