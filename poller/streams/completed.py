@@ -17,6 +17,7 @@ from poller import metrics
 from poller.cursor import Cursor
 from poller.errors import CursorInFuture
 from poller.glance.client import COMPLETED_SESSIONS
+from poller.logs import get_logger
 from poller.settings import CompletedStreamSettings, GlanceSettings
 from poller.streams.feed import Delivered
 from poller.streams.names import COMPLETED, RECONCILE
@@ -24,6 +25,8 @@ from poller.streams.open_sessions import OpenSessions
 from poller.streams.overlap import OverlapGuide
 from poller.streams.scan import Scanner
 from poller.window import Window
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -187,6 +190,13 @@ class CompletedStream:
                 COMPLETED_SESSIONS, COMPLETED, window, max_pages=budget
             )
             budget -= outcome.pages
+            if outcome.cut_short:
+                log.warning(
+                    "a just-ended session's listing reached completed.max_pages_per_tick; it is "
+                    "read again at the next tick, then left to the reconcile sweep",
+                    window_start=window.start.isoformat(),
+                    pages=outcome.pages,
+                )
             summary.departed_fetched += 1
             summary.delivered.add(outcome.delivered)
         state = self._feed.state

@@ -132,7 +132,7 @@ class ReconcileSweep:
             outcome = await self._scanner.listing(
                 COMPLETED_SESSIONS, COMPLETED, bucket, max_pages=limit
             )
-            if outcome.pages >= limit and not outcome.complete:
+            if outcome.cut_short:
                 log.warning(
                     "upstream listed more pages than its count allows; the bucket is read "
                     "again at the next sweep",

@@ -42,6 +42,8 @@ class ScanOutcome:
     pages: int = 0
     # Every page of the window was read (not stopped, not cut short by a repeated token).
     complete: bool = False
+    # Stopped at ``max_pages`` with upstream pointing to more: the caller reads it again later.
+    cut_short: bool = False
     # Upstream's time on the last page: the listing was true then.
     served_at: datetime | None = None
 
@@ -117,6 +119,8 @@ class Scanner:
                     outcome.complete = True
                     break
                 outcome.pages += 1
+                if not page.next_token:
+                    outcome.complete = True  # the last page, known without asking for more
                 # Only while Kafka is seen to keep up (the page before is acknowledged): with
                 # it away, the page awaiting its answer and the one the client fetches behind
                 # it are all a scan holds.
@@ -145,6 +149,7 @@ class Scanner:
                 del page
                 await settle()
                 in_flight = (sending, after)
+            outcome.cut_short = outcome.pages == max_pages and not outcome.complete
             await settle()
         except RepeatedPageToken as exc:
             await settle()

@@ -91,7 +91,7 @@ class StartedStream:
         outcome = await self._scanner.listing(
             self._settings.operation, STARTED, window, max_pages=limit, on_read=seen
         )
-        if outcome.pages >= limit and not outcome.complete:
+        if outcome.cut_short:
             log.warning(
                 "the open sessions' listing reached started.max_pages_per_tick; it is read "
                 "again at the next tick",

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from poller.state import StateStore
+from poller.streams.open_sessions import DEPARTED_TRIES
 from tests.integration.harness import (
     PARTNER_ID,
     PYTHON,
@@ -297,3 +298,58 @@ def test_a_next_id_that_never_ends_in_the_open_sessions_holds_a_tick_no_longer_t
     assert cut and cut[0]["pages"] == 20, log[-3000:]
     after = log.split(cut[0]["timestamp"], 1)[-1]
     assert log_events(after, "tick", stream="completed"), "the fast scan went on"
+
+
+def test_a_next_id_that_never_ends_for_a_session_just_ended_holds_a_tick_no_longer_than_its_budget(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A session the open listing showed, then no longer does, is fetched at its start at once
+    (before the fast scan's window): that fetch too follows ``nextId`` only as far as the
+    tick's page budget, says so, and the fast scan goes on."""
+    started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=80)
+    start_text = started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    open_listings = Counter[str]()
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        if operation.startswith("PartnerSessionCounts"):
+            return json_answer({"d": []})
+        if operation == "PartnerActiveSessions":
+            open_listings["all"] += 1
+            listed = open_listings["all"] <= 3  # then it ends
+            return json_answer(listing([session(77, started_at)] if listed else []))
+        if params.get("startRange", "").startswith(start_text[:19]):
+            return json_answer(listing([], next_id=int(params.get("nextId") or 0) + 1))
+        return json_answer(listing([]))
+
+    with HostileServer(answer).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        run.settings["completed"].update(interval="500ms", max_pages_per_tick=12)
+        run.settings["started"] = {"interval": "500ms"}
+        run.settings["log"] = {"level": "debug", "format": "json"}
+        process = run.start()
+        try:
+            wait_until(
+                lambda: (
+                    sum(1 for _, p in upstream.requests if p.get("startRange", "") == start_text)
+                    >= 12
+                ),
+                60,
+                "the fetch of the ended session",
+            )
+            wait_until(
+                lambda: len(log_events(run.log_text(), "tick", stream="completed")) >= 15,
+                60,
+                "more ticks of the fast scan",
+            )
+        finally:
+            assert kill(process, signal.SIGTERM) == 0
+        fetches = [p for _, p in upstream.requests if p.get("startRange", "") == start_text]
+    log = run.log_text()
+    cut = log_events(
+        log,
+        "a just-ended session's listing reached completed.max_pages_per_tick; it is read "
+        "again at the next tick, then left to the reconcile sweep",
+    )
+    assert len(cut) == DEPARTED_TRIES and all(c["pages"] == 12 for c in cut), log[-3000:]
+    # The client asks for the next page while one is handled: one more request per listing.
+    assert len(fetches) <= 13 * len(cut), f"{len(fetches)} pages in {len(cut)} cut fetches"
