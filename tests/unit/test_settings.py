@@ -257,6 +257,22 @@ def test_a_key_file_is_read_stripped_and_refused_when_empty(
     assert message.startswith(f"cannot read {key}: ") and "No such file" in message
 
 
+def test_a_key_file_saved_with_a_byte_order_mark_or_not_as_utf8_is_said_without_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """Notepad's UTF-8 starts with a byte order mark, which is not part of the key; a Latin-1
+    or UTF-16 file is named with the first byte that is not UTF-8, and never shown."""
+    key = tmp_path / "key"
+    key.write_bytes("\ufeffthe-key\r\n".encode())
+    path = write(tmp_path, f'[[partners]]\nid = 3\napi_key_file = "{key}"\n')
+    assert load_config(path).partners[0].api_key.get_secret_value() == "the-key"
+    key.write_bytes("the-k\xe9y".encode("latin-1"))
+    assert problems_of(path) == {
+        "partners[0].api_key_file": f"{key} is not UTF-8 text (byte 5 is not UTF-8); "
+        "save the key as UTF-8"
+    }
+
+
 def test_the_key_file_variable_stands_for_every_partner_without_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -551,7 +567,7 @@ def test_topic_names_kafka_takes_are_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "servers", ["127.0.0.1:notaport", "host", "host:0", "host:70000", "a:9092,,b:9092", ":9092"]
+    "servers", ["127.0.0.1:notaport", "host", "host:0", "host:65536", "a:9092,,b:9092", ":9092"]
 )
 def test_bootstrap_servers_must_each_be_a_host_and_port(tmp_path: Path, servers: str) -> None:
     path = write(tmp_path, f'[kafka]\nbootstrap_servers = "{servers}"\n')
@@ -559,6 +575,6 @@ def test_bootstrap_servers_must_each_be_a_host_and_port(tmp_path: Path, servers:
 
 
 def test_bootstrap_servers_with_hosts_and_ports_are_kept(tmp_path: Path) -> None:
-    servers = "broker-1.example:9092, 10.0.0.7:19092,[::1]:9093"
+    servers = "broker-1.example:9092, 10.0.0.7:19092,[::1]:9093,lowest:1,highest:65535"
     path = write(tmp_path, f'[kafka]\nbootstrap_servers = "{servers}"\n')
     assert load_config(path, need_credentials=False).settings.kafka.bootstrap_servers == servers
