@@ -36,8 +36,10 @@ from poller.errors import (
     AuthenticationFailed,
     ConfigError,
     ConfigProblem,
+    PollerError,
     PublishFailed,
     RetriableUpstreamError,
+    StateUnwritable,
     UpstreamMisconfigured,
 )
 from poller.glance.client import upstream_connector
@@ -57,6 +59,12 @@ from poller.wiring import wire_partner
 
 log = get_logger(__name__)
 RESUME_HINT = "run the same command to resume"
+# The failures a backfill stops at, keeping what was acknowledged and committed.
+_WHY_STOPPED: dict[type[PollerError], str] = {
+    RetriableUpstreamError: "the Glance Activity Service kept failing",
+    PublishFailed: "Kafka did not acknowledge a page",
+    StateUnwritable: "the state file cannot be written",
+}
 
 
 def cursor_stream(span: Window) -> str:
@@ -174,12 +182,8 @@ class Backfill:
                     except (AuthenticationFailed, UpstreamMisconfigured) as exc:
                         log.error(str(exc))
                         rejected = True
-                    except (RetriableUpstreamError, PublishFailed) as exc:
-                        what = (
-                            "the Glance Activity Service kept failing"
-                            if isinstance(exc, RetriableUpstreamError)
-                            else "Kafka did not acknowledge a page"
-                        )
+                    except (RetriableUpstreamError, PublishFailed, StateUnwritable) as exc:
+                        what = next(w for t, w in _WHY_STOPPED.items() if isinstance(exc, t))
                         log.error(
                             f"backfill stopped: {what}; what was acknowledged is kept, "
                             f"{RESUME_HINT}",

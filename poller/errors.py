@@ -67,8 +67,7 @@ class StateUnwritable(PollerError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(
-            f"state file {path} cannot be written ({reason}): the feed waits until it can; "
-            "free space on its volume"
+            f"state file {path} cannot be written ({reason}): free space on its volume"
         )
 
 

@@ -8,6 +8,7 @@ for the whole backfill, is untouched.
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 from collections import Counter, defaultdict
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from poller.backfill import RESUME_HINT
 from poller.events import event_id
 from poller.state import StateStore
 from tests.integration.harness import (
@@ -29,6 +31,7 @@ from tests.integration.harness import (
     wait_until,
 )
 from tests.integration.test_completed_feed import expected_value
+from tests.integration.test_kafka_outage import assert_one_ce_id_each
 
 SINCE = "2025-11-20T00:00:00Z"
 UNTIL = "2026-01-29T00:00:00Z"  # 70 days, about 54 pages: a window per 8 pages, so weeks
@@ -302,3 +305,53 @@ def test_arguments_and_credentials_are_checked_before_anything_is_sent(
     assert f"partner {PARTNER_ID}" in errors[0] and "rejected the credentials" in errors[0]
     assert "WRONG-key-8c2d1f" not in output and "Traceback" not in output
     assert consume(poller.bootstrap, poller.topics.completed, idle=0.5) == []
+
+
+def test_a_backfill_whose_state_cannot_be_written_stops_saying_so_and_resumes(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """A full disk under the backfill's state file (here a file-size limit on the process, so
+    that its commits fail after a few pages): it stops with one line naming the file, keeps
+    what was acknowledged and committed, and the same command resumes once there is room."""
+    emulator.admin("POST", "/admin/clock", {"set": CLOCK})
+    emulator.admin(
+        "POST",
+        "/admin/traffic",
+        {"partnerId": PARTNER_ID, "count": 1500, "from": SINCE, "until": UNTIL,
+         "maxDuration": 600, "seed": 23},
+    )  # fmt: skip
+    in_range = {
+        str(s["id"]) for s in emulator.sessions("ended") if _in_range(s["record"]["startTime"])
+    }
+    poller.settings["glance"] = {"page_size": PAGE_SIZE}
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))
+
+    full = subprocess.run(
+        backfill_command(poller),
+        capture_output=True,
+        text=True,
+        env=poller.environment(),
+        timeout=120,
+        check=False,
+        preexec_fn=small_files,
+    )
+    output = full.stdout + full.stderr
+    assert full.returncode == 1, output
+    stops = log_events(
+        full.stdout,
+        f"backfill stopped: the state file cannot be written; what was acknowledged is kept, "
+        f"{RESUME_HINT}",
+    )
+    assert len(stops) == 1, output
+    assert "Traceback" not in output
+    assert f"state file {poller.workdir / 'state.backfill.sqlite3'}" in stops[0]["error"]
+    partial = consume(poller.bootstrap, poller.topics.completed, idle=0.5)
+    assert 0 < len({r.key for r in partial}) < len(in_range), "the limit did not bite mid-way"
+
+    resumed = backfill(poller)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    records = consume(poller.bootstrap, poller.topics.completed, expect=len(in_range))
+    assert {r.key for r in records} == in_range
+    assert_one_ce_id_each(records)
