@@ -326,30 +326,28 @@ def test_a_next_id_that_never_ends_for_a_session_just_ended_holds_a_tick_no_long
         run.settings["completed"].update(interval="500ms", max_pages_per_tick=12)
         run.settings["started"] = {"interval": "500ms"}
         run.settings["log"] = {"level": "debug", "format": "json"}
+        cut_short = (
+            "a just-ended session's listing reached completed.max_pages_per_tick; it is read "
+            "again at the next tick, then left to the reconcile sweep"
+        )
+
+        def completed_ticks() -> int:
+            return len(log_events(run.log_text(), "tick", stream="completed"))
+
         process = run.start()
         try:
             wait_until(
-                lambda: (
-                    sum(1 for _, p in upstream.requests if p.get("startRange", "") == start_text)
-                    >= 12
-                ),
+                lambda: len(log_events(run.log_text(), cut_short)) >= DEPARTED_TRIES,
                 60,
-                "the fetch of the ended session",
+                "every try of the ended session's fetch",
             )
-            wait_until(
-                lambda: len(log_events(run.log_text(), "tick", stream="completed")) >= 15,
-                60,
-                "more ticks of the fast scan",
-            )
+            ticks = completed_ticks()
+            wait_until(lambda: completed_ticks() >= ticks + 3, 60, "more ticks of the fast scan")
         finally:
             assert kill(process, signal.SIGTERM) == 0
         fetches = [p for _, p in upstream.requests if p.get("startRange", "") == start_text]
     log = run.log_text()
-    cut = log_events(
-        log,
-        "a just-ended session's listing reached completed.max_pages_per_tick; it is read "
-        "again at the next tick, then left to the reconcile sweep",
-    )
+    cut = log_events(log, cut_short)
     assert len(cut) == DEPARTED_TRIES and all(c["pages"] == 12 for c in cut), log[-3000:]
     # The client asks for the next page while one is handled: one more request per listing.
     assert len(fetches) <= 13 * len(cut), f"{len(fetches)} pages in {len(cut)} cut fetches"
