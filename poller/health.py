@@ -8,6 +8,7 @@ recently. Each reason for not being ready is named, so the answer can be acted u
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from poller import metrics
@@ -38,7 +39,12 @@ class Health:
         self._broker_ok_at: float | None = None
         self._broker_failing = False
         self._missing_topics: set[str] = set()
+        self._state_problem: Callable[[], str | None] = lambda: None
         self.running = False
+
+    def watch_state(self, problem: Callable[[], str | None]) -> None:
+        """What keeps the state file from taking writes now (None: nothing)."""
+        self._state_problem = problem
 
     def watch(self, partner: int, stream: str, interval: float) -> None:
         self._streams[(partner, stream)] = _StreamHealth(interval)
@@ -101,6 +107,9 @@ class Health:
             f"kafka: topic {topic} does not exist and the broker does not create it"
             for topic in sorted(self._missing_topics)
         ]
+        state_problem = self._state_problem()
+        if state_problem is not None:
+            found.append(f"state: {state_problem}")
         if self._broker_failing:
             found.append("kafka: unreachable")
         elif self._broker_ok_at is None:

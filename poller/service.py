@@ -146,6 +146,7 @@ class Service:
     async def run(self, *, once: bool = False) -> int:
         settings = self._config.settings
         state = StateStore.open(settings.state.path)
+        self.health.watch_state(lambda: state.write_problem)
         if not settings.glance.verify_tls and settings.glance.base_url.startswith("https:"):
             log.warning("TLS certificate verification is OFF for the Glance Activity Service")
         publisher = KafkaPublisher(

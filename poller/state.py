@@ -227,6 +227,9 @@ class StateStore:
         self._lock_fd = lock_fd
         # The locked file's identity, to compare with what the path names at each write.
         self._locked = None if lock_fd is None else _identity(os.fstat(lock_fd))
+        # Why the last write failed for want of room or of a working device (None: it went
+        # through): the daemon is not ready while it stands.
+        self.write_problem: str | None = None
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
@@ -405,8 +408,11 @@ class StateStore:
                 raise
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(_WEATHER):
-                raise StateUnwritable(str(self.path), str(exc)) from None
+                unwritable = StateUnwritable(str(self.path), str(exc))
+                self.write_problem = str(unwritable)
+                raise unwritable from None
             raise
+        self.write_problem = None
 
     def _check_still_at_its_path(self) -> None:
         """The lock is on the file, not on its name: once the file is removed or replaced,

@@ -10,6 +10,8 @@ import threading
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from tests.integration.harness import (
     PARTNER_ID,
     PYTHON,
@@ -402,7 +404,14 @@ def test_a_state_file_that_cannot_be_written_is_said_once_and_loses_nothing(
         resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
         emulator.advance(600)
         add_sessions("2026-03-10T12:00:00Z", "2026-03-10T12:07:00Z", 42)
-        wait_until(lambda: http_get(port, "/readyz")[0] == 503, 60, "not ready")
+        unwritable = f"state: state file {poller.state_path} cannot be written ("
+
+        def problems() -> list[str]:
+            return list(orjson.loads(http_get(port, "/readyz")[1])["problems"])
+
+        wait_until(
+            lambda: any(p.startswith(unwritable) for p in problems()), 60, "readiness to say why"
+        )
         wait_until(
             lambda: (
                 metric(
@@ -420,6 +429,7 @@ def test_a_state_file_that_cannot_be_written_is_said_once_and_loses_nothing(
             process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         )
         wait_until(lambda: http_get(port, "/readyz")[0] == 200, 60, "ready again")
+        assert problems() == []
         upstream = {str(s["id"]) for s in emulator.sessions("ended")}
         records = consume(poller.bootstrap, poller.topics.completed, expect=len(upstream))
         assert {r.key for r in records} == upstream

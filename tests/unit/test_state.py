@@ -247,9 +247,11 @@ def test_a_write_the_disk_refuses_is_weather_and_the_next_one_goes_through(
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         assert str(caught.value).startswith(f"state file {path} cannot be written (")
+        assert store.write_problem == str(caught.value)
         assert store.already_emitted(1, "completed", [1, 2]) == {1}
         assert store.cursor(1, "completed") == Cursor(NOW)
         commit_old_style(store, 1, "completed", Cursor(later), [(2, later)])
+        assert store.write_problem is None
         assert store.already_emitted(1, "completed", [1, 2]) == {1, 2}
         assert store.cursor(1, "completed") == Cursor(later)
     finally:
