@@ -698,6 +698,7 @@ async def test_a_whole_window_is_read_and_its_pages_counted(state: StateStore) -
     scanner, publisher = scan_of(upstream, state)
     outcome = await scanner.scan(LISTING, "completed", Cursor(WINDOW.start, WINDOW), "completed")
     assert outcome.complete and outcome.pages == 3 and outcome.served_at == T0 + H
+    assert not outcome.cut_short
     assert outcome.delivered == Delivered(records=8, emitted=8)
     assert publisher.session_ids(COMPLETED) == list(range(1, 9))
     assert [token for _, _, token in upstream.calls] == [0, 3, 6]
@@ -709,12 +710,25 @@ async def test_a_scan_reads_at_most_max_pages_and_resumes_there(state: StateStor
     scanner, publisher = scan_of(upstream, state)
     start = Cursor(WINDOW.start, WINDOW)
     outcome = await scanner.scan(LISTING, "completed", start, "completed", max_pages=2)
-    assert outcome.pages == 2 and not outcome.complete
+    assert outcome.pages == 2 and not outcome.complete and outcome.cut_short
     assert outcome.cursor == Cursor(WINDOW.start, WINDOW, 6) == state.cursor(1, "completed")
     assert publisher.session_ids(COMPLETED) == list(range(1, 7))
     rest = await scanner.scan(LISTING, "completed", outcome.cursor, "completed")
     assert rest.complete and rest.pages == 1 and rest.cursor == Cursor(WINDOW.end)
+    assert not rest.cut_short
     assert publisher.session_ids(COMPLETED) == list(range(1, 10))
+
+
+async def test_a_listing_whose_last_page_is_its_budgets_last_is_complete_not_cut_short(
+    state: StateStore,
+) -> None:
+    """Its last page says so (no next token): the budget reached there cut nothing short, and
+    a caller may trust the listing whole (the started stream records what it saw open)."""
+    upstream = MemoryUpstream(sessions(8), T0)
+    scanner, _ = scan_of(upstream, state)
+    outcome = await scanner.listing(LISTING, "completed", WINDOW, max_pages=3)
+    assert outcome.pages == 3 and outcome.complete and not outcome.cut_short
+    assert [token for _, _, token in upstream.calls] == [0, 3, 6], "no call past the last page"
 
 
 async def test_a_stop_finishes_every_page_handed_to_kafka(state: StateStore) -> None:

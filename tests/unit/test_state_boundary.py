@@ -71,6 +71,17 @@ def test_a_damaged_file_is_refused_and_not_touched(
     assert (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) == before
 
 
+def test_a_value_that_is_not_an_integer_is_named_with_its_column(tmp_path: Path) -> None:
+    path = made(tmp_path / "state.sqlite3")
+    sql("UPDATE emitted SET session_id = 'abc'")(path)
+    with pytest.raises(StateError) as caught:
+        StateStore.open(path)
+    assert str(caught.value) == (
+        f"state file {path} is damaged (emitted.session_id holds 'abc', not an integer): "
+        f"{StateError.RECOVER}"
+    )
+
+
 WAYS_OUT = ("zero bytes", "version not a number", "scanned_until unparsable")
 
 
