@@ -8,6 +8,9 @@ letter, not a failed page. The client knows nothing of events.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -95,10 +98,54 @@ def answer_d(operation: str, payload: bytes) -> Any:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise RetriableUpstreamError("invalid_json", f"{operation}: {exc}") from None
+        document = _with_lone_surrogates(payload)
+        if document is _UNREADABLE:
+            raise RetriableUpstreamError("invalid_json", f"{operation}: {exc}") from None
     if not isinstance(document, dict) or "d" not in document:
         raise RetriableUpstreamError("bad_shape", f"{operation}: no 'd' in the answer")
     return document["d"]
+
+
+_UNREADABLE = object()
+# Half of a UTF-16 pair, alone: Python's JSON reader keeps it in the string, UTF-8 cannot.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _with_lone_surrogates(payload: bytes) -> Any:
+    """What orjson refused, read again by the standard library's reader, which takes the one
+    thing JSON's grammar allows and orjson does not: a lone surrogate escape (``"\\ud800"``,
+    sent by a .NET string cut inside a character). Each such half reads as U+FFFD, so that one
+    name cut short does not fail its page at every tick. Anything else orjson refused (not
+    JSON, a number no double holds) stays refused: ``_UNREADABLE``."""
+    try:
+        document = json.loads(payload, parse_constant=_refused, parse_float=_finite)
+    except (ValueError, RecursionError):
+        return _UNREADABLE
+    return _replace_lone_surrogates(document)
+
+
+def _refused(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is beyond a double")
+    return number
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _replace_lone_surrogates(key): _replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def total_count(rows: Any) -> int:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -351,3 +352,26 @@ def test_a_next_id_that_never_ends_for_a_session_just_ended_holds_a_tick_no_long
     assert len(cut) == DEPARTED_TRIES and all(c["pages"] == 12 for c in cut), log[-3000:]
     # The client asks for the next page while one is handled: one more request per listing.
     assert len(fetches) <= 13 * len(cut), f"{len(fetches)} pages in {len(cut)} cut fetches"
+
+
+def test_a_record_with_a_lone_surrogate_escape_is_published_and_its_page_with_it(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Found by an adversary: one string holding ``\\ud800`` alone (valid JSON; a .NET string
+    cut inside an emoji) failed its whole page at every tick, for ever. The page goes through;
+    the lone half reads as U+FFFD."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    body = orjson.dumps(listing([session(9100, start), session(9101, start)]))
+    body = body.replace(b'"key":"9101"', b'"key":"cut \\ud83d"')
+
+    def answer(operation: str, params: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    with HostileServer(counts_or(answer)).running() as upstream:
+        run = daemon(tmp_path, upstream.url, kafka_bootstrap)
+        result = run.once()
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = consume(kafka_bootstrap, run.topics.completed, expect=2)
+    keys = {r.key: r.value["session"]["key"] for r in records}
+    assert keys == {"9100": "9100", "9101": "cut \ufffd"}
+    assert consume(kafka_bootstrap, run.topics.dlq, idle=0.5) == []

@@ -146,7 +146,14 @@ def test_empty_listing(read: Any) -> None:
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
-    [(b'{"d": {"nextId": 0, "users": [', "invalid_json"), (b'{"x": 1}', "bad_shape")],
+    [
+        (b'{"d": {"nextId": 0, "users": [', "invalid_json"),
+        (b'{"x": 1}', "bad_shape"),
+        # Not JSON (JavaScript's constants), nor a number a double holds: refused as before.
+        (b'{"d": {"nextId": 0, "users": [], "x": NaN}}', "invalid_json"),
+        (b'{"d": {"nextId": 0, "users": [], "x": 1e400}}', "invalid_json"),
+        (b'{"d": {"nextId": 0, "users": [], "x": "\\ud800"', "invalid_json"),
+    ],
 )
 def test_an_unreadable_answer_is_retriable(payload: bytes, reason: str) -> None:
     with pytest.raises(RetriableUpstreamError) as caught:
@@ -164,3 +171,19 @@ def test_more_records_than_asked_for_is_a_bad_answer() -> None:
     assert len(parse_session_page({"users": users}, 0, page_size=3).records) == 3
     with pytest.raises(RetriableUpstreamError, match="more records than the 2 asked for"):
         parse_session_page({"users": users}, 0, page_size=2)
+
+
+def test_a_lone_surrogate_escape_is_read_as_the_replacement_character() -> None:
+    """JSON's grammar allows ``"\\ud800"`` alone (a .NET string cut inside a character sends
+    it); orjson refuses it, and one such record used to fail its whole page at every tick.
+    It is read as U+FFFD, which UTF-8 (and so the event) can hold; a pair stays a character."""
+    payload = (
+        b'{"d": {"nextId": 0, "users": [{"userName": "agent\\udc00", "sessions": ['
+        b'{"id": 1, "key": "cut \\ud83d", "guests": [{"\\ud800name": "x"}]},'
+        b'{"id": 2, "key": "whole \\ud83d\\ude00"}]}]}}'
+    )
+    page = parse_session_page(answer_d("PartnerCompletedSessions", payload), 0)
+    first, second = page.records
+    assert first.user_name == "agent\ufffd"
+    assert first.raw == {"id": 1, "key": "cut \ufffd", "guests": [{"\ufffdname": "x"}]}
+    assert second.raw == {"id": 2, "key": "whole \U0001f600"}
