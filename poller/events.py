@@ -319,8 +319,16 @@ class EventBuilder:
     def dead_letter(self, record: SourceRecord, reason: str, operation: str) -> Event:
         """The raw record as value; why, whose and from where in the headers."""
         raw = record.raw
+        letter = to_json(self._pii.scrubbed(raw))
         session_id = raw.get("id") if isinstance(raw, dict) else None
-        key = str(session_id).encode() if _is_int(session_id) else None
+        # Always a key: a compacted dead-letter topic refuses a record without one (an error
+        # aiokafka cannot name, retried for ever). Without an id, the letter's own digest:
+        # the same bad record always gets the same key.
+        key = (
+            str(session_id).encode()
+            if _is_int(session_id)
+            else b"record-" + hashlib.sha256(letter).hexdigest()[:32].encode()
+        )
         headers: Headers = [
             ("dlq_reason", reason.encode()),
             ("dlq_partner_id", str(self.partner_id).encode()),
@@ -333,7 +341,7 @@ class EventBuilder:
         ):
             if isinstance(value, str):
                 headers.append((name, value.encode()))
-        return Event(self._topics.dlq, key, to_json(self._pii.scrubbed(raw)), headers)
+        return Event(self._topics.dlq, key, letter, headers)
 
     def refused(self, event: Event, reason: str, operation: str, limit: int) -> Event:
         """A dead letter for an event Kafka refused (too large, invalid): its headers say

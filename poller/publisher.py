@@ -517,7 +517,9 @@ class KafkaPublisher:
         if self._failing_since is None:
             self._failing_since = now
             log.warning(
-                "kafka is not acknowledging; retrying", error=excerpt(str(error or "no ack"), 300)
+                "kafka is not acknowledging; retrying",
+                error=excerpt(str(error or "no ack"), 300),
+                topics=sorted({event.topic for batch in pending for event in batch.events}),
             )
         if isinstance(error, STALE_PRODUCER):
             await self._replace_producer(type(error).__name__, failed_by)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def test_an_oversized_session_is_dead_lettered_and_the_feed_goes_on(
     assert warning["session_id"] == 2
 
 
-def create_topics(bootstrap: str, limits: dict[str, int]) -> None:
-    """Topics with their own ``max.message.bytes``, below what the producer is allowed."""
+def create_topics(bootstrap: str, limits: dict[str, int], *, compacted: Sequence[str] = ()) -> None:
+    """Topics with their own ``max.message.bytes``, below what the producer is allowed, and
+    topics compacted (``cleanup.policy=compact``: the broker refuses a record without a key)."""
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -90,6 +92,10 @@ def create_topics(bootstrap: str, limits: dict[str, int]) -> None:
                 [
                     NewTopic(name, 1, 1, topic_configs={"max.message.bytes": str(limit)})
                     for name, limit in limits.items()
+                ]
+                + [
+                    NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})
+                    for name in compacted
                 ]
             )
         finally:
@@ -141,3 +147,25 @@ def test_an_event_whose_letter_the_dead_letter_topic_refuses_too_is_met_again(
         if '"level":"error"' in line and '"session_id":2' in line
     ]
     assert len(refusals) >= 2, "not remembered: the next tick meets it and says so again"
+
+
+def test_a_record_without_an_id_reaches_a_compacted_dead_letter_topic_and_the_feed_goes_on(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Found by an adversary: a compacted dead-letter topic refuses a record without a key,
+    and the letter of a record without an id had none. The broker's refusal (an unknown error
+    to aiokafka) was retried for ever, every partner's publishing stopped behind it, and
+    /readyz said "kafka: unreachable". Every letter has a key: its id, or its digest."""
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    no_id = {k: v for k, v in session(0, start).items() if k != "id"}
+    records = [session(1, start), no_id, session(3, start)]
+    with HostileServer(counts_or(lambda op, params: json_answer(listing(records)))).running() as up:
+        run = daemon(tmp_path, up.url, kafka_bootstrap)
+        create_topics(kafka_bootstrap, {}, compacted=[run.topics.dlq])
+        result = run.once()
+    assert result.returncode == 0, result.stdout[-3000:]
+    completed = consume(kafka_bootstrap, run.topics.completed, expect=2)
+    assert sorted(r.key for r in completed) == ["1", "3"]
+    (letter,) = consume(kafka_bootstrap, run.topics.dlq, expect=1)
+    assert letter.key is not None and letter.key.startswith("record-")
+    assert letter.value == no_id

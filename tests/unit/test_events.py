@@ -441,13 +441,21 @@ def test_users_that_are_not_text_are_bad_records(user: Any, puid: Any) -> None:
     assert orjson.loads(event.value)["userName"] is None
 
 
-def test_a_dead_letter_without_an_id_or_users_has_no_key_nor_user_headers() -> None:
+def digest_key(value: bytes) -> bytes:
+    return b"record-" + hashlib.sha256(value).hexdigest()[:32].encode()
+
+
+def test_a_dead_letter_without_an_id_is_keyed_by_its_digest_and_has_no_user_headers() -> None:
+    """A compacted dead-letter topic refuses a record without a key: every letter has one."""
     letter = builder().dead_letter(SourceRecord(3, None, {"id": "7"}), "bad", "Op")
-    assert letter.key is None and letter.session_id is None
+    assert letter.key == digest_key(letter.value) and letter.session_id is None
     assert "dlq_user_name" not in dict(letter.headers)
     assert "dlq_partner_user_id" not in dict(letter.headers)
     listed = builder().dead_letter(SourceRecord("u", "p", ["not", "a", "record"]), "bad", "Op")
-    assert listed.key is None and orjson.loads(listed.value) == ["not", "a", "record"]
+    assert listed.key == digest_key(listed.value)
+    assert orjson.loads(listed.value) == ["not", "a", "record"]
+    again = builder().dead_letter(SourceRecord("u", "p", ["not", "a", "record"]), "bad", "Op")
+    assert again.key == listed.key != letter.key
 
 
 # PII
