@@ -210,7 +210,8 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_proceeds(
         original = listing[damage[kind]]["record"]
         # The raw record as served: the emulator's record with the damage, nothing else.
         if kind == "missing_id":
-            assert "id" not in record.value and record.key is None
+            assert "id" not in record.value and record.key is not None
+            assert record.key.startswith("record-")
             assert record.value["key"] == original["key"]
         else:
             assert record.value["id"] == damage[kind] and record.key == str(damage[kind])
