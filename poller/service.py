@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from poller.streams.started import StartedStream
 from poller.wiring import wire_partner
 
 log = get_logger(__name__)
+# Linux's default ceiling for a process's descriptors (fs.nr_open), for an unlimited hard limit.
+_MOST_OPEN_FILES = 1 << 20
 TRANSIENT = (RetriableUpstreamError, PublishFailed, CursorInFuture, StateUnwritable)
 
 
@@ -113,6 +116,18 @@ def until_next_tick(origin: float, started: float, now: float, interval: float) 
     return interval - (now - origin) % interval
 
 
+def raise_open_files_limit() -> None:
+    """Every connection holds a descriptor: upstream's per partner, Kafka's, and each one on
+    the operator's port, which anyone who reaches it can open and leave half-sent. Under the
+    usual soft limit (1,024, systemd's) a thousand of those left no descriptor for upstream
+    calls. The hard limit is the operator's choice; the soft one is only a default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
 class Service:
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -145,6 +160,7 @@ class Service:
 
     async def run(self, *, once: bool = False) -> int:
         settings = self._config.settings
+        raise_open_files_limit()
         state = StateStore.open(settings.state.path)
         self.health.watch_state(lambda: state.write_problem)
         if not settings.glance.verify_tls and settings.glance.base_url.startswith("https:"):

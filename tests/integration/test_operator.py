@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import signal
+import socket
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import orjson
 
 from tests.integration.harness import (
     PARTNER_ID,
+    PYTHON,
     Emulator,
     PollerRun,
     consume,
@@ -105,3 +108,53 @@ def test_tail_prints_events_as_lines_or_json_and_filters_by_partner(
     )
     started = tail("--topic", poller.topics.started, "--max-events", "3")
     assert len(started) == 3 and all(" started " in line for line in started)
+
+
+def test_connections_left_half_sent_on_the_operator_port_starve_neither_the_feed_nor_probes(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    """Found by an adversary: under the usual soft limit of open files (1,024, systemd's), a
+    thousand requests left half-sent on the operator port took every descriptor: upstream
+    calls failed ("Too many open files") and probes went unanswered. The daemon takes the
+    limit its hard limit allows. Here the soft limit is 160 and 200 connections are left open."""
+    poller.settings["completed"] = {"interval": "300ms"}
+
+    def few_files() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, hard))
+
+    daemon = subprocess.Popen(
+        [PYTHON, "-m", "poller", "run", "--config", str(poller.config_file())],
+        stdout=(poller.workdir / "poller.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        env=poller.environment(),
+        preexec_fn=few_files,
+    )
+    held: list[socket.socket] = []
+    try:
+        wait_until(lambda: operator_port(poller.log_text()) is not None, 30, "the operator port")
+        port = operator_port(poller.log_text())
+        assert port is not None
+        wait_until(lambda: http_get(port, "/readyz")[0] == 200, 60, "readiness")
+        for _ in range(200):
+            half = socket.create_connection(("127.0.0.1", port))
+            half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            held.append(half)
+        emulator.admin(
+            "POST",
+            "/admin/sessions",
+            {
+                "partnerId": PARTNER_ID,
+                "sessions": [
+                    {"startTime": "2026-03-10T11:58:00Z", "endTime": "2026-03-10T11:59:00Z"}
+                ],
+            },
+        )
+        records = consume(poller.bootstrap, poller.topics.completed, expect=1, timeout=60)
+        assert len(records) == 1
+        assert http_get(port, "/readyz")[0] == 200
+    finally:
+        for half in held:
+            half.close()
+        assert kill(daemon, signal.SIGTERM) == 0
+    assert "Too many open files" not in poller.log_text()
