@@ -149,12 +149,22 @@ def _scribble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _year_one(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("UPDATE cursors SET scanned_until = '0001-01-01T00:00:00+00:00'")
+    db.commit()
+    db.close()
+
+
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
         (_truncate, "damaged"),
         (_scribble, "damaged"),
         (_newer, "newer glance-poller"),
+        (_year_one, "is before 2000-01-01"),
     ],
 )
 def test_an_unusable_state_file_stops_the_daemon_with_exit_4(
@@ -250,6 +260,22 @@ def test_state_reset_to_moves_the_completed_cursor(tmp_path: Path) -> None:
     shown = run("state", "show", env=env).stdout
     assert '"scannedUntil": "2025-12-24T06:00:00+00:00"' in shown
     assert '"emittedIds": 4999' in shown, "moving the cursor keeps the emitted ids"
+
+
+@pytest.mark.parametrize("date", ["0001-01-01", "1999-12-31T23:59:59Z"])
+def test_state_reset_to_a_date_older_than_the_service_is_refused(tmp_path: Path, date: str) -> None:
+    """Found by an adversary: `--to 0001-01-01` was accepted, and every completed tick then
+    crashed computing where to re-read from (the cursor less the overlap)."""
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    env = {"POLLER_STATE_PATH": str(state)}
+    refused = run("state", "reset", "--to", date, "--yes", env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--to: " in refused.stderr and "is before 2000-01-01" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert '"scannedUntil": "2026-01-01T00:00:00+00:00"' in run("state", "show", env=env).stdout
+    earliest = run("state", "reset", "--to", "2000-01-01", "--yes", env=env)
+    assert earliest.returncode == 0, earliest.stderr
 
 
 def test_sigterm_at_any_moment_of_the_start_exits_0(tmp_path: Path) -> None:
