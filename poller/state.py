@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +88,12 @@ class Forget:
     before: datetime
 
 
-# The earliest date a cursor may hold, decided here for the command line (``parse_cli_date``)
-# and the state file alike: the Glance Activity Service holds no session that old, and every
-# date the daemon computes from a cursor (less the overlap or the horizon, at most a year)
-# stays a date.
+# The dates a cursor may hold, decided here for the command line (``parse_cli_date``) and the
+# state file alike: from EARLIEST, since the Glance Activity Service holds no session that old
+# and every date the daemon computes from a cursor (less the overlap or the horizon, at most a
+# year) stays a date; up to the host's clock plus glance.clock_tolerance, as far as the daemon
+# ever moves a cursor (a stored one beyond is not damage: the completed stream refuses it at
+# every tick, CursorInFuture, and `state reset --to` moves it back).
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -528,18 +530,27 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def parse_cli_date(text: str) -> datetime:
+def parse_cli_date(text: str, clock_tolerance: float) -> datetime:
     """A date or date-time from the command line; without a zone it is UTC. ValueError,
-    saying why, for what is not one or is older than a cursor may be (``EARLIEST``)."""
+    saying why, for what is not one or lies outside the dates a cursor may hold: from
+    ``EARLIEST`` to the host's clock plus ``clock_tolerance`` seconds."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO date or date-time: {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    problem = too_early(moment)  # before the zone is taken off: year 1 at +01:00 is year 0
+    # Compared before the zone is taken off: year 1 at +01:00, or 9999 at -01:00, is no date
+    # in UTC.
+    problem = too_early(moment)
     if problem is not None:
         raise ValueError(problem)
+    latest = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=clock_tolerance)
+    if moment > latest:
+        raise ValueError(
+            f"{moment.isoformat()} lies in the future (after {_iso(latest)}, the host's "
+            "clock plus glance.clock_tolerance)"
+        )
     return moment.astimezone(UTC)
 
 

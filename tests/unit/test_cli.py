@@ -278,6 +278,49 @@ def test_state_reset_to_a_date_older_than_the_service_is_refused(tmp_path: Path,
     assert earliest.returncode == 0, earliest.stderr
 
 
+def _days_ahead(days: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "says"),
+    [
+        ("2026-01-01", "9999-12-31T23:59:59Z", "--until: 9999-12-31T23:59:59+00:00 lies in the"),
+        ("2026-01-01", "9999-12-31T23:59:59-01:00", "--until: 9999-12-31T23:59:59-01:00 lies in"),
+        ("2026-01-01", "+2 days", "lies in the future"),
+        ("0001-01-01", "2026-01-01", "--since: 0001-01-01T00:00:00+00:00 is before 2000-01-01"),
+        ("1999-12-31T23:59:59Z", "2026-01-01", "--since: 1999-12-31T23:59:59+00:00 is before"),
+    ],
+)
+def test_backfill_dates_outside_the_range_exit_2_naming_the_argument(
+    tmp_path: Path, since: str, until: str, says: str
+) -> None:
+    """Found by an adversary: `--until 9999-12-31T23:59:59Z` crashed (OverflowError, exit 1)
+    and `--since 0001-01-01` was taken. Refused before anything connects (nothing listens)."""
+    until = _days_ahead(2) if until == "+2 days" else until
+    result = run(
+        "backfill", "--since", since, "--until", until, "--dry-run",
+        env=_daemon_env(tmp_path / "state.sqlite3"),
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert says in result.stderr and "Traceback" not in output
+
+
+def test_state_reset_to_a_date_in_the_future_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    env = {"POLLER_STATE_PATH": str(state)}
+    for date in (_days_ahead(2), "9999-12-31T23:59:59-01:00"):
+        refused = run("state", "reset", "--to", date, "--yes", env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "--to: " in refused.stderr and "lies in the future" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert '"scannedUntil": "2026-01-01T00:00:00+00:00"' in run("state", "show", env=env).stdout
+
+
 def test_sigterm_at_any_moment_of_the_start_exits_0(tmp_path: Path) -> None:
     """Every 50 ms of the start: the soak found a SIGTERM inside the start's garbage
     collection ending the daemon with a traceback and exit code 1."""
