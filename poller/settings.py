@@ -340,6 +340,8 @@ def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
         problems.append(ConfigProblem("--config", f"no such file: {path}"))
     except PermissionError:
         problems.append(ConfigProblem("--config", f"cannot read {path}: permission denied"))
+    except OSError as exc:  # a folder, an I/O error: said as the key file's are
+        problems.append(ConfigProblem("--config", f"cannot read {path}: {exc.strerror}"))
     except tomllib.TOMLDecodeError as exc:
         problems.append(ConfigProblem("--config", f"{path} is not valid TOML: {exc}"))
     return {}

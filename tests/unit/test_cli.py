@@ -41,6 +41,17 @@ def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["run"], ["check", "--offline"], ["state", "show"]])
+def test_a_folder_given_as_the_configuration_exits_2_naming_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = run(*command, "--config", str(tmp_path), env={"GLANCE_PARTNER_ID": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"--config: cannot read {tmp_path}: Is a directory" in output
+    assert "Traceback" not in output
+
+
 def test_no_partner_exits_2(tmp_path: Path) -> None:
     result = run("run", env={"POLLER_STATE_PATH": str(tmp_path / "s.db")})
     assert result.returncode == 2

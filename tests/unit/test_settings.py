@@ -231,6 +231,10 @@ def test_a_missing_or_unreadable_or_invalid_file_is_named(tmp_path: Path) -> Non
     )
     folder = tmp_path / "folder.toml"
     folder.mkdir()
+    # Found by an adversary: a folder was an IsADirectoryError traceback, exit 1.
+    assert problems_of(folder, need_credentials=False) == {
+        "--config": f"cannot read {folder}: Is a directory"
+    }
     locked = write(tmp_path, "")
     locked.chmod(0)
     try:
