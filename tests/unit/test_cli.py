@@ -11,11 +11,23 @@ import pytest
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    max_memory: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The command line as a process; ``max_memory`` caps its address space (bytes), for
+    what could otherwise eat the machine's memory."""
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
     }
+
+    def cap_memory() -> None:
+        import resource
+
+        assert max_memory is not None
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+
     return subprocess.run(
         [sys.executable, "-m", "poller", *args],
         capture_output=True,
@@ -24,6 +36,7 @@ def run(
         cwd=cwd,
         timeout=60,
         check=False,
+        preexec_fn=None if max_memory is None else cap_memory,
     )
 
 
@@ -50,6 +63,35 @@ def test_a_folder_given_as_the_configuration_exits_2_naming_it(
     assert result.returncode == 2, output
     assert f"--config: cannot read {tmp_path}: Is a directory" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+@pytest.mark.parametrize("what", ["--config", "GLANCE_API_KEY_FILE", "api_key_file"])
+@pytest.mark.parametrize(("command", "code"), [(["run"], 2), (["check", "--offline"], 2)])
+def test_a_file_that_never_ends_is_a_configuration_problem(
+    tmp_path: Path, what: str, command: list[str], code: int
+) -> None:
+    """Found by an adversary: /dev/zero as the configuration or a key file was read without
+    limit (23 GB, then OOM). Run under a 512 MiB address-space cap, so that without the
+    file's own cap this test fails (MemoryError) instead of eating the machine's memory."""
+    env = {"GLANCE_PARTNER_ID": "1", "GLANCE_API_KEY": "unit-test-key-4b1d"}
+    config = tmp_path / "poller.toml"
+    if what == "--config":
+        config = Path("/dev/zero")
+        key = "--config"
+    elif what == "GLANCE_API_KEY_FILE":
+        config.write_text("")
+        env["GLANCE_API_KEY_FILE"] = "/dev/zero"
+        key = "partners[0].api_key_file"
+    else:
+        config.write_text('[[partners]]\nid = 1\napi_key_file = "/dev/zero"\n')
+        env.pop("GLANCE_PARTNER_ID")
+        key = "partners[0].api_key_file"
+    result = run(*command, "--config", str(config), env=env, max_memory=512 << 20)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output[-3000:]
+    assert f"{key}: /dev/zero is larger than " in output and "Traceback" not in output
+    assert "\x00" not in output and "\\x00" not in output and len(output) < 4000
 
 
 def test_no_partner_exits_2(tmp_path: Path) -> None:
