@@ -51,7 +51,7 @@ from poller.limiter import ConcurrencyLimiter, HeldPages
 from poller.logs import get_logger
 from poller.publisher import DiscardingPublisher, KafkaPublisher, Publisher
 from poller.settings import Config, Partner
-from poller.state import StateStore
+from poller.state import StateStore, parse_cli_date
 from poller.streams.names import COMPLETED
 from poller.streams.scan import Scanner
 from poller.window import Window, split_window
@@ -72,12 +72,29 @@ def cursor_stream(span: Window) -> str:
     return f"backfill:{to_request(span.start)}/{to_request(span.end)}"
 
 
+def _instant(
+    flag: str, text: str, config: Config, problems: list[ConfigProblem]
+) -> datetime | None:
+    """``--since`` or ``--until``: an ISO date or date-time (no zone: UTC), whole seconds,
+    within the dates a cursor may hold (``parse_cli_date``)."""
+    try:
+        moment = parse_cli_date(text, config.settings.glance.clock_tolerance)
+    except ValueError as exc:
+        problems.append(ConfigProblem(flag, str(exc)))
+        return None
+    if moment.microsecond:
+        problems.append(ConfigProblem(flag, f"whole seconds only: {text!r}"))
+        return None
+    return moment
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
-    span_end: datetime = args.until
     problems: list[ConfigProblem] = []
-    if span_end <= args.since:
+    since = _instant("--since", args.since, config, problems)
+    span_end = _instant("--until", args.until, config, problems)
+    if since is not None and span_end is not None and span_end <= since:
         problems.append(
-            ConfigProblem("--until", f"must be after --since ({to_request(args.since)} given)")
+            ConfigProblem("--until", f"must be after --since ({to_request(since)} given)")
         )
     partners = [p for p in config.partners if args.partner in (None, p.id)]
     if not partners:
@@ -97,7 +114,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         )
     if problems:
         raise ConfigError(problems)
-    span = Window(args.since, span_end) if span_end > args.since else Window(args.since, args.since)
+    assert since is not None and span_end is not None
+    span = Window(since, span_end)
     backfill = Backfill(config, partners, span, None if args.dry_run else state_path)
     return asyncio.run(backfill.main())
 

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -109,17 +109,9 @@ def _move_cursor(store: StateStore, config: Config, args: argparse.Namespace) ->
     """Set the completed stream's cursor: the next scan starts there (ids already emitted
     inside the horizon are still not emitted again)."""
     try:
-        moment = parse_cli_date(args.to)
+        moment = parse_cli_date(args.to, config.settings.glance.clock_tolerance)
     except ValueError as exc:
         print(f"glance-poller: --to: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    tolerance = timedelta(seconds=config.settings.glance.clock_tolerance)
-    if moment > datetime.now(UTC) + tolerance:
-        print(
-            f"glance-poller: --to: {moment.isoformat()} lies in the future: the cursor "
-            "would skip every session until then",
-            file=sys.stderr,
-        )
         return EXIT_CONFIG
     if args.partner:
         partners = [args.partner]
@@ -200,21 +192,10 @@ _EPILOG = """\
 dates: an ISO date (2026-01-31) or date and time (2026-01-31T06:00:00Z, with an offset
 such as +01:00 or without one). A date or time WITHOUT a zone is taken as UTC (a date as UTC
 midnight). The Activity Service itself would read a zone-less date as US Eastern time;
-glance-poller always sends it explicit UTC instants. Whole seconds only.
+glance-poller always sends it explicit UTC instants. Whole seconds only. Dates before
+2000-01-01 (the service holds nothing older) or after the host's clock plus
+glance.clock_tolerance are refused (exit 2), before anything connects.
 """
-
-
-def parse_instant(text: str) -> datetime:
-    """An ISO date or datetime as an aware UTC instant (no zone: UTC), whole seconds."""
-    try:
-        moment = parse_cli_date(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO date or date-time: {text!r} (e.g. 2026-01-31 or 2026-01-31T06:00:00Z)"
-        ) from None
-    if moment.microsecond:
-        raise argparse.ArgumentTypeError(f"whole seconds only: {text!r}")
-    return moment
 
 
 def backfill_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +206,9 @@ def backfill_arguments(parser: argparse.ArgumentParser) -> None:
         ("--since", "start of the range, inclusive (ISO date or date-time; no zone = UTC)"),
         ("--until", "end of the range, exclusive (ISO date or date-time; no zone = UTC)"),
     ):
-        parser.add_argument(flag, required=True, type=parse_instant, metavar="DATE", help=help_text)
+        # Read with the configuration (backfill.run): the range of dates is bounded by
+        # glance.clock_tolerance, as every cursor's.
+        parser.add_argument(flag, required=True, metavar="DATE", help=help_text)
     parser.add_argument(
         "--partner", type=int, metavar="ID", help="only this configured partner (default: all)"
     )

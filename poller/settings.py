@@ -332,14 +332,42 @@ class Config:
         return [s for s in found if s]
 
 
+# The most read of a file the configuration names: one that never ends (/dev/zero, a log named
+# by mistake) is refused by its key, the rest of it unread, instead of taking the memory.
+CONFIG_MAX_BYTES = 1 << 20
+KEY_FILE_MAX_BYTES = 64 << 10
+
+
+class _TooLarge(Exception):
+    def __init__(self, path: Path, cap: int) -> None:
+        size = f"{cap >> 20} MiB" if cap >= 1 << 20 else f"{cap >> 10} KiB"
+        super().__init__(f"{path} is larger than {size}")
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    """The whole file, or _TooLarge when it holds more than ``cap`` bytes (OSError as is)."""
+    with path.open("rb") as handle:
+        data = handle.read(cap + 1)
+    if len(data) > cap:
+        raise _TooLarge(path, cap)
+    return data
+
+
 def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(_read_capped(path, CONFIG_MAX_BYTES).decode())
     except FileNotFoundError:
         problems.append(ConfigProblem("--config", f"no such file: {path}"))
     except PermissionError:
         problems.append(ConfigProblem("--config", f"cannot read {path}: permission denied"))
+    except OSError as exc:  # a folder, an I/O error: said as the key file's are
+        problems.append(ConfigProblem("--config", f"cannot read {path}: {exc.strerror}"))
+    except _TooLarge as exc:
+        problems.append(ConfigProblem("--config", f"{exc}: not a glance-poller configuration"))
+    except UnicodeDecodeError as exc:
+        problems.append(
+            ConfigProblem("--config", f"{path} is not UTF-8 text (byte {exc.start} is not UTF-8)")
+        )
     except tomllib.TOMLDecodeError as exc:
         problems.append(ConfigProblem("--config", f"{path} is not valid TOML: {exc}"))
     return {}
@@ -352,11 +380,14 @@ def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProb
         key_file = Path(os.environ["GLANCE_API_KEY_FILE"])
     if key_file is not None:
         try:
-            value = key_file.read_text(encoding="utf-8-sig").strip()
+            value = _read_capped(key_file, KEY_FILE_MAX_BYTES).decode("utf-8-sig").strip()
         except OSError as exc:
             problems.append(
                 ConfigProblem(f"{key_path}.api_key_file", f"cannot read {key_file}: {exc.strerror}")
             )
+            return ""
+        except _TooLarge as exc:
+            problems.append(ConfigProblem(f"{key_path}.api_key_file", f"{exc}: not an API key"))
             return ""
         except UnicodeDecodeError as exc:
             # Said without the bytes: they are the key. A UTF-16 file (Windows PowerShell's

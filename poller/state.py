@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,25 @@ class Forget:
     before: datetime
 
 
+# The dates a cursor may hold, decided here for the command line (``parse_cli_date``) and the
+# state file alike: from EARLIEST, since the Glance Activity Service holds no session that old
+# and every date the daemon computes from a cursor (less the overlap or the horizon, at most a
+# year) stays a date; up to the host's clock plus glance.clock_tolerance, as far as the daemon
+# ever moves a cursor (a stored one beyond is not damage: the completed stream refuses it at
+# every tick, CursorInFuture, and `state reset --to` moves it back).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def too_early(moment: datetime) -> str | None:
+    """Why ``moment`` (aware, in any zone) cannot be a cursor, or None."""
+    if moment < EARLIEST:
+        return (
+            f"{moment.isoformat()} is before {EARLIEST:%Y-%m-%d}, older than the Glance "
+            "Activity Service"
+        )
+    return None
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
@@ -96,7 +115,10 @@ def _parse(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError(f"a date without a zone: {text!r}")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"not a date in UTC: {text!r}") from None
 
 
 def _cursor_from_row(row: Sequence[Any]) -> Cursor:
@@ -104,13 +126,17 @@ def _cursor_from_row(row: Sequence[Any]) -> Cursor:
     scanned_until, scan_start, scan_end, scan_token = row
     if not isinstance(scanned_until, str):
         raise ValueError(f"scanned_until is not a date: {scanned_until!r}")
+    until = _parse(scanned_until)
+    problem = too_early(until)
+    if problem is not None:
+        raise ValueError(f"scanned_until {problem}")
     if scan_start is None and scan_end is None and scan_token is None:
-        return Cursor(_parse(scanned_until))
+        return Cursor(until)
     if not (isinstance(scan_start, str) and isinstance(scan_end, str)):
         raise ValueError("a scan in progress without its window")
     if type(scan_token) is not int:
         raise ValueError(f"scan_token is not an integer: {scan_token!r}")
-    return Cursor(_parse(scanned_until), Window(_parse(scan_start), _parse(scan_end)), scan_token)
+    return Cursor(until, Window(_parse(scan_start), _parse(scan_end)), scan_token)
 
 
 def _check_file(path: Path, shown: str) -> bool:
@@ -504,13 +530,28 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def parse_cli_date(text: str) -> datetime:
-    """A date or date-time from the command line; without a zone it is UTC."""
+def parse_cli_date(text: str, clock_tolerance: float) -> datetime:
+    """A date or date-time from the command line; without a zone it is UTC. ValueError,
+    saying why, for what is not one or lies outside the dates a cursor may hold: from
+    ``EARLIEST`` to the host's clock plus ``clock_tolerance`` seconds."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not an ISO date or date-time: {text!r}") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    # Compared before the zone is taken off: year 1 at +01:00, or 9999 at -01:00, is no date
+    # in UTC.
+    problem = too_early(moment)
+    if problem is not None:
+        raise ValueError(problem)
+    latest = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=clock_tolerance)
+    if moment > latest:
+        raise ValueError(
+            f"{moment.isoformat()} lies in the future (after {_iso(latest)}, the host's "
+            "clock plus glance.clock_tolerance)"
+        )
+    return moment.astimezone(UTC)
 
 
 def _scope(partner_id: int | None, stream: str | None) -> tuple[str, tuple[Any, ...]]:

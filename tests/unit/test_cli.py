@@ -11,11 +11,23 @@ import pytest
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    max_memory: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The command line as a process; ``max_memory`` caps its address space (bytes), for
+    what could otherwise eat the machine's memory."""
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("POLLER_", "GLANCE_", "KAFKA_"))
     }
+
+    def cap_memory() -> None:
+        import resource
+
+        assert max_memory is not None
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+
     return subprocess.run(
         [sys.executable, "-m", "poller", *args],
         capture_output=True,
@@ -24,6 +36,7 @@ def run(
         cwd=cwd,
         timeout=60,
         check=False,
+        preexec_fn=None if max_memory is None else cap_memory,
     )
 
 
@@ -39,6 +52,46 @@ def test_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None
     for key in ("glance.base_url", "completed.interval", "mystery", "partners[0].id"):
         assert key in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["run"], ["check", "--offline"], ["state", "show"]])
+def test_a_folder_given_as_the_configuration_exits_2_naming_it(
+    tmp_path: Path, command: list[str]
+) -> None:
+    result = run(*command, "--config", str(tmp_path), env={"GLANCE_PARTNER_ID": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"--config: cannot read {tmp_path}: Is a directory" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+@pytest.mark.parametrize("what", ["--config", "GLANCE_API_KEY_FILE", "api_key_file"])
+@pytest.mark.parametrize(("command", "code"), [(["run"], 2), (["check", "--offline"], 2)])
+def test_a_file_that_never_ends_is_a_configuration_problem(
+    tmp_path: Path, what: str, command: list[str], code: int
+) -> None:
+    """Found by an adversary: /dev/zero as the configuration or a key file was read without
+    limit (23 GB, then OOM). Run under a 512 MiB address-space cap, so that without the
+    file's own cap this test fails (MemoryError) instead of eating the machine's memory."""
+    env = {"GLANCE_PARTNER_ID": "1", "GLANCE_API_KEY": "unit-test-key-4b1d"}
+    config = tmp_path / "poller.toml"
+    if what == "--config":
+        config = Path("/dev/zero")
+        key = "--config"
+    elif what == "GLANCE_API_KEY_FILE":
+        config.write_text("")
+        env["GLANCE_API_KEY_FILE"] = "/dev/zero"
+        key = "partners[0].api_key_file"
+    else:
+        config.write_text('[[partners]]\nid = 1\napi_key_file = "/dev/zero"\n')
+        env.pop("GLANCE_PARTNER_ID")
+        key = "partners[0].api_key_file"
+    result = run(*command, "--config", str(config), env=env, max_memory=512 << 20)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output[-3000:]
+    assert f"{key}: /dev/zero is larger than " in output and "Traceback" not in output
+    assert "\x00" not in output and "\\x00" not in output and len(output) < 4000
 
 
 def test_no_partner_exits_2(tmp_path: Path) -> None:
@@ -149,12 +202,22 @@ def _scribble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _year_one(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("UPDATE cursors SET scanned_until = '0001-01-01T00:00:00+00:00'")
+    db.commit()
+    db.close()
+
+
 @pytest.mark.parametrize(
     ("damage", "says"),
     [
         (_truncate, "damaged"),
         (_scribble, "damaged"),
         (_newer, "newer glance-poller"),
+        (_year_one, "is before 2000-01-01"),
     ],
 )
 def test_an_unusable_state_file_stops_the_daemon_with_exit_4(
@@ -250,6 +313,65 @@ def test_state_reset_to_moves_the_completed_cursor(tmp_path: Path) -> None:
     shown = run("state", "show", env=env).stdout
     assert '"scannedUntil": "2025-12-24T06:00:00+00:00"' in shown
     assert '"emittedIds": 4999' in shown, "moving the cursor keeps the emitted ids"
+
+
+@pytest.mark.parametrize("date", ["0001-01-01", "1999-12-31T23:59:59Z"])
+def test_state_reset_to_a_date_older_than_the_service_is_refused(tmp_path: Path, date: str) -> None:
+    """Found by an adversary: `--to 0001-01-01` was accepted, and every completed tick then
+    crashed computing where to re-read from (the cursor less the overlap)."""
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    env = {"POLLER_STATE_PATH": str(state)}
+    refused = run("state", "reset", "--to", date, "--yes", env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--to: " in refused.stderr and "is before 2000-01-01" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert '"scannedUntil": "2026-01-01T00:00:00+00:00"' in run("state", "show", env=env).stdout
+    earliest = run("state", "reset", "--to", "2000-01-01", "--yes", env=env)
+    assert earliest.returncode == 0, earliest.stderr
+
+
+def _days_ahead(days: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "says"),
+    [
+        ("2026-01-01", "9999-12-31T23:59:59Z", "--until: 9999-12-31T23:59:59+00:00 lies in the"),
+        ("2026-01-01", "9999-12-31T23:59:59-01:00", "--until: 9999-12-31T23:59:59-01:00 lies in"),
+        ("2026-01-01", "+2 days", "lies in the future"),
+        ("0001-01-01", "2026-01-01", "--since: 0001-01-01T00:00:00+00:00 is before 2000-01-01"),
+        ("1999-12-31T23:59:59Z", "2026-01-01", "--since: 1999-12-31T23:59:59+00:00 is before"),
+    ],
+)
+def test_backfill_dates_outside_the_range_exit_2_naming_the_argument(
+    tmp_path: Path, since: str, until: str, says: str
+) -> None:
+    """Found by an adversary: `--until 9999-12-31T23:59:59Z` crashed (OverflowError, exit 1)
+    and `--since 0001-01-01` was taken. Refused before anything connects (nothing listens)."""
+    until = _days_ahead(2) if until == "+2 days" else until
+    result = run(
+        "backfill", "--since", since, "--until", until, "--dry-run",
+        env=_daemon_env(tmp_path / "state.sqlite3"),
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert says in result.stderr and "Traceback" not in output
+
+
+def test_state_reset_to_a_date_in_the_future_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    _valid_state(state)
+    env = {"POLLER_STATE_PATH": str(state)}
+    for date in (_days_ahead(2), "9999-12-31T23:59:59-01:00"):
+        refused = run("state", "reset", "--to", date, "--yes", env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "--to: " in refused.stderr and "lies in the future" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert '"scannedUntil": "2026-01-01T00:00:00+00:00"' in run("state", "show", env=env).stdout
 
 
 def test_sigterm_at_any_moment_of_the_start_exits_0(tmp_path: Path) -> None:

@@ -231,6 +231,10 @@ def test_a_missing_or_unreadable_or_invalid_file_is_named(tmp_path: Path) -> Non
     )
     folder = tmp_path / "folder.toml"
     folder.mkdir()
+    # Found by an adversary: a folder was an IsADirectoryError traceback, exit 1.
+    assert problems_of(folder, need_credentials=False) == {
+        "--config": f"cannot read {folder}: Is a directory"
+    }
     locked = write(tmp_path, "")
     locked.chmod(0)
     try:
@@ -255,6 +259,48 @@ def test_a_key_file_is_read_stripped_and_refused_when_empty(
     key.unlink()
     message = problems_of(path)["partners[0].api_key_file"]
     assert message.startswith(f"cannot read {key}: ") and "No such file" in message
+
+
+MiB = 1 << 20
+KiB = 1 << 10
+
+
+def test_a_config_file_larger_than_a_mebibyte_is_refused_unread(tmp_path: Path) -> None:
+    """Found by an adversary: `--config /dev/zero` was read without limit (the machine's
+    memory, then OOM). The cap is checked on a regular file just over it."""
+    path = tmp_path / "poller.toml"
+    path.write_bytes(b"#" + b"x" * (MiB - 2) + b"\n")  # a comment, exactly at the cap
+    assert load_config(path, need_credentials=False).source == path
+    path.write_bytes(b"#" + b"x" * (MiB - 1) + b"\n")
+    assert problems_of(path, need_credentials=False) == {
+        "--config": f"{path} is larger than 1 MiB: not a glance-poller configuration"
+    }
+
+
+def test_a_config_file_not_in_utf8_is_named_without_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "poller.toml"
+    path.write_bytes(b'[glance]\nbase_url = "http://h\xe9.example"\n')
+    assert problems_of(path, need_credentials=False) == {
+        "--config": f"{path} is not UTF-8 text (byte 29 is not UTF-8)"
+    }
+
+
+@pytest.mark.parametrize("named_by", ["api_key_file", "GLANCE_API_KEY_FILE"])
+def test_a_key_file_larger_than_64_kibibytes_is_refused_without_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named_by: str
+) -> None:
+    key = tmp_path / "key"
+    if named_by == "api_key_file":
+        path = write(tmp_path, f'[[partners]]\nid = 3\napi_key_file = "{key}"\n')
+    else:
+        path = write(tmp_path, "[[partners]]\nid = 3\n")
+        monkeypatch.setenv("GLANCE_API_KEY_FILE", str(key))
+    key.write_bytes(b"k" * (64 * KiB))
+    assert load_config(path).partners[0].api_key.get_secret_value() == "k" * (64 * KiB)
+    key.write_bytes(b"k" * (64 * KiB + 1))
+    assert problems_of(path) == {
+        "partners[0].api_key_file": f"{key} is larger than 64 KiB: not an API key"
+    }
 
 
 def test_a_key_file_saved_with_a_byte_order_mark_or_not_as_utf8_is_said_without_its_bytes(

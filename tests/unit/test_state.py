@@ -309,6 +309,24 @@ def stored(tmp_path: Path, statement: str, *params: Any) -> Path:
         ("UPDATE cursors SET scan_token = NULL", (), "scan_token is not an integer"),
         ("UPDATE cursors SET scan_token = 1.5", (), "scan_token is not an integer"),
         ("UPDATE cursors SET scan_end = ?", ("2026-01-02T00:00:00",), "a date without a zone"),
+        # An older version's `state reset --to 0001-01-01`, or a hand edit: every tick would
+        # fail to compute where to re-read from (the cursor less the overlap).
+        (
+            "UPDATE cursors SET scanned_until = ?",
+            ("0001-01-01T00:00:00+00:00",),
+            "scanned_until 0001-01-01T00:00:00+00:00 is before 2000-01-01",
+        ),
+        (
+            "UPDATE cursors SET scanned_until = ?",
+            ("1999-12-31T23:59:59+00:00",),
+            "scanned_until 1999-12-31T23:59:59+00:00 is before 2000-01-01",
+        ),
+        # Year 1 east of UTC is year 0 in UTC: no date at all.
+        (
+            "UPDATE cursors SET scan_start = ?",
+            ("0001-01-01T00:00:00+01:00",),
+            "not a date in UTC: '0001-01-01T00:00:00+01:00'",
+        ),
     ],
 )
 def test_a_cursor_that_does_not_read_back_is_refused_naming_it(
@@ -330,6 +348,16 @@ def test_a_cursor_stored_with_another_zone_reads_back_in_utc(tmp_path: Path) -> 
         assert cursor is not None and cursor.scanned_until == NOW
         assert cursor.scanned_until.utcoffset() == timedelta(0)
         assert cursor.window == Window(NOW, NOW + timedelta(hours=1)) and cursor.next_id == 9
+    finally:
+        store.close()
+
+
+def test_a_cursor_at_the_earliest_date_reads_back(tmp_path: Path) -> None:
+    path = stored(tmp_path, "UPDATE cursors SET scanned_until = ?", "2000-01-01T00:00:00+00:00")
+    store = StateStore.open(path)
+    try:
+        cursor = store.cursor(3, "completed")
+        assert cursor is not None and cursor.scanned_until == datetime(2000, 1, 1, tzinfo=UTC)
     finally:
         store.close()
 
@@ -612,13 +640,33 @@ def test_a_file_nobody_can_use_is_moved_aside_with_its_journal(tmp_path: Path) -
     ],
 )
 def test_a_command_line_date_is_utc(text: str, expected: datetime) -> None:
-    parsed = parse_cli_date(text)
+    parsed = parse_cli_date(text, 300.0)
     assert parsed == expected and parsed.utcoffset() == timedelta(0)
 
 
 def test_a_command_line_date_that_is_not_one_is_refused() -> None:
     with pytest.raises(ValueError, match="not an ISO date or date-time: 'soon'"):
-        parse_cli_date("soon")
+        parse_cli_date("soon", 300.0)
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01", "0001-01-01T00:00:00+01:00", "1999-12-31T23:59:59Z", "1999-12-31"]
+)
+def test_a_command_line_date_older_than_the_service_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is before 2000-01-01, older than the Glance Activity"):
+        parse_cli_date(text, 300.0)
+    assert parse_cli_date("2000-01-01", 300.0) == datetime(2000, 1, 1, tzinfo=UTC)
+    assert parse_cli_date("2000-01-01T01:00:00+01:00", 300.0) == datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def test_a_command_line_date_beyond_the_host_clock_and_the_tolerance_is_refused() -> None:
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    assert parse_cli_date(soon.isoformat(), 300.0) == soon
+    with pytest.raises(ValueError, match=r"lies in the future \(after .*clock_tolerance\)$"):
+        parse_cli_date((datetime.now(UTC) + timedelta(minutes=10)).isoformat(), 300.0)
+    # 9999 west of UTC is no date in UTC: refused, not an OverflowError.
+    with pytest.raises(ValueError, match=r"^9999-12-31T23:59:59-01:00 lies in the future"):
+        parse_cli_date("9999-12-31T23:59:59-01:00", 300.0)
 
 
 def test_a_second_opening_is_refused_with_the_way_out(tmp_path: Path) -> None:
@@ -696,7 +744,7 @@ def test_dates_are_utc_whatever_the_hosts_zone(tmp_path: Path) -> None:
     finally:
         store.close()
     for text in ("2026-01-02T03:04:05", "2026-01-02T04:04:05+01:00"):
-        parsed = parse_cli_date(text)
+        parsed = parse_cli_date(text, 300.0)
         assert parsed == NOW and parsed.utcoffset() == timedelta(0)
     path.write_bytes(b"damaged")
     target = move_aside(path)
