@@ -152,3 +152,8 @@ PRODUCER_REPLACED = Counter(
     ["why"],
     registry=REGISTRY,
 )
+LOG_LINES_DROPPED = Counter(
+    f"{_NS}_log_lines_dropped_total",
+    "Log lines dropped because the log output did not take them (its reader stalled or gone)",
+    registry=REGISTRY,
+)

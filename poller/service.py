@@ -25,7 +25,7 @@ from datetime import timedelta
 import aiohttp
 import structlog
 
-from poller import metrics
+from poller import logs, metrics
 from poller.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -148,6 +148,8 @@ class Service:
         if not self._stopping.is_set():
             log.info("stopping: finishing the page in flight")
             self._deadline = time.monotonic() + self._config.settings.service.shutdown_timeout
+            # The lines still queued for a stalled log output wait no longer than the stop.
+            logs.finish_by(self._deadline)
         self._stopping.set()
         self.health.running = False
         for run in self._partners:

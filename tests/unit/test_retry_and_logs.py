@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import io
 import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 import orjson
 import pytest
@@ -12,6 +20,7 @@ import structlog
 
 from poller import logs
 from poller.errors import RetriableUpstreamError
+from poller.metrics import REGISTRY
 from poller.retry import retrying
 from poller.settings import RetrySettings
 
@@ -494,3 +503,131 @@ def test_an_excerpt_is_redacted_before_it_is_cut() -> None:
     # Only the part a secret can span from inside the limit is read; what lies past it is
     # never quoted, redacted or not.
     assert logs.excerpt("y" * 195 + secret + "z" * 10_000_000, 200) == "y" * 195 + "[REDA"
+
+
+# An output that stops taking lines (a stalled log collector): a bounded queue, a writer thread
+
+
+@contextlib.contextmanager
+def stalled_output() -> Iterator[tuple[TextIO, int]]:
+    """A text stream on a pipe of one page, already full (its next write waits until the test
+    reads), and the pipe's read end. Closed read end first: a write still waiting then fails."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"#" * 63 + b"\n")
+    os.set_blocking(write_end, True)
+    out = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    try:
+        yield out, read_end
+    finally:
+        os.close(read_end)
+        logs.finish_by(None)
+        logs.configure("info", "json", stream=io.StringIO())
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+def without_waiting(action: Callable[[], object]) -> None:
+    """Runs ``action`` (some logging) in a thread that must not wait for the output: the join's
+    timeout is a wedge detector, not a performance figure."""
+    worker = threading.Thread(target=action, daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "logging waited for an output that takes nothing"
+
+
+class PipeReader:
+    """Reads the pipe's lines (the filler left out) as they come."""
+
+    def __init__(self, read_end: int) -> None:
+        self.read_end = read_end
+        self.data = b""
+
+    def lines(self) -> list[str]:
+        return [x for x in self.data.decode().splitlines() if x and not x.startswith("#")]
+
+    def until(self, done: Callable[[list[str]], bool]) -> list[str]:
+        deadline = time.monotonic() + 30
+        while not done(self.lines()):
+            assert time.monotonic() < deadline, f"the pipe never said it: {self.data[-2000:]!r}"
+            ready, _, _ = select.select([self.read_end], [], [], 0.1)
+            if ready:
+                self.data += os.read(self.read_end, 65536)
+        return self.lines()
+
+
+def dropped_so_far() -> float:
+    return REGISTRY.get_sample_value("glance_poller_log_lines_dropped_total") or 0.0
+
+
+def test_a_stalled_output_drops_lines_counts_them_and_says_so_once_it_takes_lines_again() -> None:
+    logged = 3 * 4096 // 100
+    with stalled_output() as (out, read_end):
+        before = dropped_so_far()
+        logs.configure("info", "json", stream=out, queue_bytes=4096)
+        log = logs.get_logger("poller.test")
+
+        def log_lines() -> None:
+            for n in range(logged):
+                log.info("line", n=n, padding="x" * 40)  # about 150 bytes each
+
+        without_waiting(log_lines)
+        dropped = dropped_so_far() - before
+        assert 0 < dropped < logged
+        # The reader comes back: the queue is written, then one line says how many were lost.
+        reader = PipeReader(read_end)
+        reader.until(lambda ls: any("log lines dropped" in x for x in ls))
+        assert logs.flush(30)
+        found = reader.until(lambda ls: len(ls) >= logged - dropped + 1)
+        entries = [orjson.loads(x) for x in found]
+        (notice,) = [e for e in entries if e["event"] == "log lines dropped"]
+        assert notice["dropped"] == dropped and notice["level"] == "warning"
+        written = [e["n"] for e in entries if e["event"] == "line"]
+        assert len(written) + dropped == logged
+        # In order, the first among them: the lines that found the queue full are the ones lost.
+        assert written == sorted(written) and written[0] == 0
+        log.info("after")
+        assert logs.flush(30)
+        assert '"after"' in reader.until(lambda ls: len(ls) > len(found))[-1]
+        assert dropped_so_far() - before == dropped
+
+
+def test_a_queued_line_is_redacted_tracebacks_and_library_lines_included() -> None:
+    with stalled_output() as (out, read_end):
+        logs.configure("info", "json", stream=out)
+        logs.redactor.add(["queued-secret-42"])
+        log = logs.get_logger("poller.test")
+
+        def log_secrets() -> None:
+            log.info("calling", body='{"apiKey": "queued-secret-42"}')
+            try:
+                raise RuntimeError("failed with queued-secret-42")
+            except RuntimeError:
+                log.exception("boom")
+            logging.getLogger("aiohttp.client").error("library says %s", "queued-secret-42")
+
+        without_waiting(log_secrets)
+        found = PipeReader(read_end).until(lambda ls: len(ls) >= 3)
+        assert "queued-secret-42" not in "\n".join(found)
+        calling, boom, library = (orjson.loads(x) for x in found)
+        assert calling["body"] == '{"apiKey": "[REDACTED]"}'
+        assert "RuntimeError: failed with [REDACTED]" in boom["exception"]
+        assert "Traceback" in boom["exception"]
+        assert library["event"] == "library says [REDACTED]"
+
+
+def test_the_exit_waits_for_a_stalled_output_no_longer_than_the_stop_deadline() -> None:
+    with stalled_output() as (out, read_end):
+        logs.configure("info", "json", stream=out)
+        log = logs.get_logger("poller.test")
+        without_waiting(lambda: log.info("behind the filler", padding="x" * 5000))
+        without_waiting(lambda: log.info("queued"))
+        logs.finish_by(time.monotonic() + 0.2)
+        flushed: list[bool] = []
+        without_waiting(lambda: flushed.append(logs.flush()))
+        assert flushed == [False]
+        found = PipeReader(read_end).until(lambda ls: any('"queued"' in x for x in ls))
+        assert len(found) == 2

@@ -1,0 +1,144 @@
+"""The daemon's log output stalled: a log collector that stops reading its pipe must stop
+neither the feed, nor the health endpoints, nor a clean SIGTERM."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import signal
+import subprocess
+import termios
+import time
+
+from tests.integration.harness import (
+    PARTNER_ID,
+    PYTHON,
+    Emulator,
+    PollerRun,
+    consume,
+    free_port,
+    http_get,
+    wait_until,
+)
+
+SHUTDOWN_TIMEOUT = 8
+
+
+def unread_bytes(read_end: int) -> int:
+    """How many bytes wait in the pipe, without reading them."""
+    count = array.array("i", [0])
+    fcntl.ioctl(read_end, termios.FIONREAD, count)
+    return count[0]
+
+
+class PipeFull:
+    """True once the pipe holds lines and has taken no more for three seconds: the daemon
+    logs several lines a second at debug, so its next one did not fit (a line of up to a page
+    is written whole or not at all)."""
+
+    def __init__(self, read_end: int) -> None:
+        self.read_end = read_end
+        self.seen: list[tuple[float, int]] = []
+
+    def __call__(self) -> bool:
+        now, unread = time.monotonic(), unread_bytes(self.read_end)
+        self.seen = [(t, n) for t, n in self.seen if n == unread] + [(now, unread)]
+        return unread > 0 and now - self.seen[0][0] >= 3
+
+
+def sessions_ended(emulator: Emulator, start: str, end: str, count: int) -> set[int]:
+    created = emulator.admin(
+        "POST",
+        "/admin/sessions",
+        {
+            "partnerId": PARTNER_ID,
+            "sessions": [
+                {"startTime": start, "endTime": end, "status": "X", "userName": f"agent.{n}"}
+                for n in range(count)
+            ],
+        },
+    )
+    return set(created["ids"])
+
+
+def start_on_a_pipe(poller: PollerRun) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The daemon logging a lot (debug, every stream each second) to a pipe of one page, so
+    that a collector that stops reading is reached in seconds; its process, the pipe's read
+    end and the daemon's operator port."""
+    port = free_port()
+    poller.settings.update(
+        {
+            "log": {"level": "debug", "format": "json"},
+            "counts": {"interval": "1s"},
+            "server": {"host": "127.0.0.1", "port": port},
+            "service": {"start_jitter": "0s", "shutdown_timeout": f"{SHUTDOWN_TIMEOUT}s"},
+        }
+    )
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    process = subprocess.Popen(
+        [PYTHON, "-m", "poller", "run", "--config", str(poller.config_file())],
+        stdout=write_end,
+        stderr=subprocess.STDOUT,
+        env=poller.environment(),
+    )
+    os.close(write_end)
+    return process, read_end, port
+
+
+def the_feed_goes_on(emulator: Emulator, poller: PollerRun, port: int, earlier: set[int]) -> None:
+    """Sessions that end now reach Kafka, /readyz and /healthz answer, SIGTERM exits 0."""
+    emulator.advance(30)  # 12:01:30
+    later = sessions_ended(emulator, "2026-03-10T12:01:05Z", "2026-03-10T12:01:25Z", 3)
+    emulator.advance(5)
+    expected = earlier | later
+    records = consume(poller.bootstrap, poller.topics.completed, expect=len(expected), timeout=60)
+    assert {int(str(r.key)) for r in records} == expected
+    status, body = http_get(port, "/readyz")
+    assert status == 200, body
+    assert http_get(port, "/healthz")[0] == 200
+
+
+def test_a_stalled_log_pipe_stops_neither_the_feed_nor_health_nor_sigterm(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    emulator.advance(60)  # 12:01:00
+    before = sessions_ended(emulator, "2026-03-10T12:00:10Z", "2026-03-10T12:00:40Z", 2)
+    process, read_end, port = start_on_a_pipe(poller)
+    try:
+        full = PipeFull(read_end)
+        wait_until(full, 60, "the log pipe to fill", interval=0.5)
+        # Nobody reads: every further line the daemon writes finds the pipe full.
+        the_feed_goes_on(emulator, poller, port, before)
+        assert full(), "the pipe has room again"
+        process.send_signal(signal.SIGTERM)
+        # A wedge detector, not a performance figure: the stop's own bound, with room to spare.
+        assert process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        os.close(read_end)
+
+
+def test_a_log_reader_that_is_gone_stops_neither_the_feed_nor_health_nor_sigterm(
+    emulator: Emulator, poller: PollerRun
+) -> None:
+    emulator.advance(60)  # 12:01:00
+    before = sessions_ended(emulator, "2026-03-10T12:00:10Z", "2026-03-10T12:00:40Z", 2)
+    process, read_end, port = start_on_a_pipe(poller)
+    try:
+        read = bytearray()
+        while b"glance-poller started" not in read:  # the collector reads the first lines...
+            chunk = os.read(read_end, 65536)
+            assert chunk, f"the daemon ended before its start line: {bytes(read)!r}"
+            read += chunk
+        os.close(read_end)  # the collector dies: every further write fails (EPIPE)
+        the_feed_goes_on(emulator, poller, port, before)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
