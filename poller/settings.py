@@ -353,6 +353,11 @@ def _read_capped(path: Path, cap: int) -> bytes:
     return data
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Said without the bytes: in a key file, they are the key."""
+    return f"{path} is not UTF-8 text (byte {exc.start} is not UTF-8)"
+
+
 def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     try:
         return tomllib.loads(_read_capped(path, CONFIG_MAX_BYTES).decode())
@@ -365,9 +370,7 @@ def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     except _TooLarge as exc:
         problems.append(ConfigProblem("--config", f"{exc}: not a glance-poller configuration"))
     except UnicodeDecodeError as exc:
-        problems.append(
-            ConfigProblem("--config", f"{path} is not UTF-8 text (byte {exc.start} is not UTF-8)")
-        )
+        problems.append(ConfigProblem("--config", _not_utf8(path, exc)))
     except tomllib.TOMLDecodeError as exc:
         problems.append(ConfigProblem("--config", f"{path} is not valid TOML: {exc}"))
     return {}
@@ -395,8 +398,7 @@ def _resolve_key(partner: PartnerSettings, index: int, problems: list[ConfigProb
             problems.append(
                 ConfigProblem(
                     f"{key_path}.api_key_file",
-                    f"{key_file} is not UTF-8 text (byte {exc.start} is not UTF-8); "
-                    "save the key as UTF-8",
+                    f"{_not_utf8(key_file, exc)}; save the key as UTF-8",
                 )
             )
             return ""

@@ -4,12 +4,15 @@ neither the feed, nor the health endpoints, nor a clean SIGTERM."""
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import termios
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from tests.integration.harness import (
     PARTNER_ID,
@@ -62,10 +65,28 @@ def sessions_ended(emulator: Emulator, start: str, end: str, count: int) -> set[
     return set(created["ids"])
 
 
-def start_on_a_pipe(poller: PollerRun) -> tuple[subprocess.Popen[bytes], int, int]:
+@dataclass
+class PipedDaemon:
+    process: subprocess.Popen[bytes]
+    read_end: int | None  # None once the collector is gone
+    port: int
+    # Sessions that ended before the daemon started.
+    before: set[int]
+
+    def close_reader(self) -> None:
+        """The collector dies: every further write fails (EPIPE)."""
+        assert self.read_end is not None
+        os.close(self.read_end)
+        self.read_end = None
+
+
+@contextlib.contextmanager
+def daemon_on_a_pipe(emulator: Emulator, poller: PollerRun) -> Iterator[PipedDaemon]:
     """The daemon logging a lot (debug, every stream each second) to a pipe of one page, so
-    that a collector that stops reading is reached in seconds; its process, the pipe's read
-    end and the daemon's operator port."""
+    that a collector that stops reading is reached in seconds, after two sessions ended.
+    Killed if still running at the end, and the pipe's read end closed."""
+    emulator.advance(60)  # 12:01:00
+    before = sessions_ended(emulator, "2026-03-10T12:00:10Z", "2026-03-10T12:00:40Z", 2)
     port = free_port()
     poller.settings.update(
         {
@@ -84,7 +105,21 @@ def start_on_a_pipe(poller: PollerRun) -> tuple[subprocess.Popen[bytes], int, in
         env=poller.environment(),
     )
     os.close(write_end)
-    return process, read_end, port
+    daemon = PipedDaemon(process, read_end, port, before)
+    try:
+        yield daemon
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        if daemon.read_end is not None:
+            daemon.close_reader()
+
+
+def stops_cleanly_on_sigterm(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    # A wedge detector, not a performance figure: the stop's own bound, with room to spare.
+    assert process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
 
 
 def the_feed_goes_on(emulator: Emulator, poller: PollerRun, port: int, earlier: set[int]) -> None:
@@ -103,42 +138,26 @@ def the_feed_goes_on(emulator: Emulator, poller: PollerRun, port: int, earlier: 
 def test_a_stalled_log_pipe_stops_neither_the_feed_nor_health_nor_sigterm(
     emulator: Emulator, poller: PollerRun
 ) -> None:
-    emulator.advance(60)  # 12:01:00
-    before = sessions_ended(emulator, "2026-03-10T12:00:10Z", "2026-03-10T12:00:40Z", 2)
-    process, read_end, port = start_on_a_pipe(poller)
-    try:
-        full = PipeFull(read_end)
+    with daemon_on_a_pipe(emulator, poller) as daemon:
+        assert daemon.read_end is not None
+        full = PipeFull(daemon.read_end)
         wait_until(full, 60, "the log pipe to fill", interval=0.5)
         # Nobody reads: every further line the daemon writes finds the pipe full.
-        the_feed_goes_on(emulator, poller, port, before)
+        the_feed_goes_on(emulator, poller, daemon.port, daemon.before)
         assert full(), "the pipe has room again"
-        process.send_signal(signal.SIGTERM)
-        # A wedge detector, not a performance figure: the stop's own bound, with room to spare.
-        assert process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-        os.close(read_end)
+        stops_cleanly_on_sigterm(daemon.process)
 
 
 def test_a_log_reader_that_is_gone_stops_neither_the_feed_nor_health_nor_sigterm(
     emulator: Emulator, poller: PollerRun
 ) -> None:
-    emulator.advance(60)  # 12:01:00
-    before = sessions_ended(emulator, "2026-03-10T12:00:10Z", "2026-03-10T12:00:40Z", 2)
-    process, read_end, port = start_on_a_pipe(poller)
-    try:
+    with daemon_on_a_pipe(emulator, poller) as daemon:
+        assert daemon.read_end is not None
         read = bytearray()
         while b"glance-poller started" not in read:  # the collector reads the first lines...
-            chunk = os.read(read_end, 65536)
+            chunk = os.read(daemon.read_end, 65536)
             assert chunk, f"the daemon ended before its start line: {bytes(read)!r}"
             read += chunk
-        os.close(read_end)  # the collector dies: every further write fails (EPIPE)
-        the_feed_goes_on(emulator, poller, port, before)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
+        daemon.close_reader()
+        the_feed_goes_on(emulator, poller, daemon.port, daemon.before)
+        stops_cleanly_on_sigterm(daemon.process)
